@@ -1,0 +1,90 @@
+"""PostgreSQL access: the pool, and the one place asyncpg errors are translated.
+
+Tables are owned by the module named after them; this module only hands out
+connections. ``connect_pool`` refuses to start on a schema older than the code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from haven.errors import DatabaseUnavailableError
+
+# Errors that mean "the server or the connection is gone", as opposed to a
+# statement being wrong. Callers answer 503 or retry on these.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionFailureError,
+)
+
+Pool = asyncpg.Pool
+Connection = asyncpg.Connection
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "jsonb",
+        encoder=lambda value: orjson.dumps(value).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 10.0
+) -> asyncpg.Pool:
+    """Open a connection pool; raise DatabaseUnavailableError if unreachable."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout_s,
+            command_timeout=60,
+            init=_init_connection,
+        )
+    except _UNAVAILABLE as exc:
+        raise DatabaseUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Turn connection-level asyncpg failures into DatabaseUnavailableError."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise DatabaseUnavailableError(f"PostgreSQL unavailable: {exc}") from exc
+
+
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """Yield a connection inside one transaction, committed on normal exit."""
+    async with translate_errors():
+        async with pool.acquire() as connection:
+            async with connection.transaction():
+                yield connection
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Tell whether ``exc`` means PostgreSQL is unreachable rather than a bad query."""
+    return isinstance(exc, (DatabaseUnavailableError, *_UNAVAILABLE))
+
+
+def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
+    """Return a plain dict of ``row``, or None."""
+    return dict(row) if row is not None else None

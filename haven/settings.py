@@ -1,0 +1,524 @@
+"""Settings: one frozen object, loaded once at start-up and passed down.
+
+Values come from an optional TOML file named by ``HAVEN_CONFIG`` and from
+``HAVEN_*`` environment variables, which win over the file. Every key is
+declared in :data:`FIELDS`; an unknown key in either place is an error, as is
+any value that does not parse. All problems are gathered and raised together
+in one :class:`~haven.errors.ConfigError`, each naming the key, the value and
+the expectation. Secrets are wrapped in :class:`Secret` and masked in every
+``repr``, log line and ``check-config`` output.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from haven.errors import ConfigError
+from haven.types import ChecksumAddress, Wei, checksum
+
+T = TypeVar("T")
+PREFIX = "HAVEN_"
+CONFIG_FILE_KEY = "HAVEN_CONFIG"
+PARTNERS = ("aurora", "tribe")
+
+
+class Secret(Generic[T]):
+    """A value that never shows itself in a repr, str or log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: T) -> None:
+        self._value = value
+
+    def reveal(self) -> T:
+        """Return the wrapped value; call only where it is used."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def mask_dsn(dsn: str) -> str:
+    """Return ``dsn`` with any password replaced by asterisks."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:********@{host}"))
+
+
+# --- parsers: each takes the raw value (str from the environment, or a TOML
+# value) and returns the typed value or raises ValueError with the expectation.
+
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("a non-empty string")
+    return raw.strip()
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = _text(raw)
+        if urlsplit(text).scheme not in schemes:
+            raise ValueError(f"a URL starting with {' or '.join(schemes)}://")
+        return text
+
+    return parse
+
+
+def _url_list(raw: Any) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    urls = tuple(_url(("http", "https"))(item) for item in items if str(item).strip())
+    if not urls:
+        raise ValueError("one or more http(s) URLs, comma-separated")
+    return urls
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise ValueError(f"an integer from {low} to {high}")
+        try:
+            value = int(str(raw).strip(), 10) if not isinstance(raw, int) else raw
+        except ValueError:
+            raise ValueError(f"an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _wei(raw: Any) -> Wei:
+    return Wei(_int_range(0, 2**256 - 1)(raw))
+
+
+def _address(raw: Any) -> ChecksumAddress:
+    try:
+        return checksum(_text(raw))
+    except ValueError:
+        raise ValueError("a 0x-prefixed 20-byte hex address") from None
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = _text(raw).lower()
+        if text not in options:
+            raise ValueError(f"one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+def _secret_list(
+    check: Callable[[str], None], expected: str
+) -> Callable[[Any], Secret[tuple[str, ...]]]:
+    def parse(raw: Any) -> Secret[tuple[str, ...]]:
+        items = raw if isinstance(raw, list) else str(raw).split(",")
+        values = tuple(str(item).strip() for item in items if str(item).strip())
+        if not values:
+            raise ValueError(expected)
+        for value in values:
+            try:
+                check(value)
+            except ValueError:
+                raise ValueError(expected) from None
+        return Secret(values)
+
+    return parse
+
+
+def _check_whsec(value: str) -> None:
+    import base64
+    import binascii
+
+    if not value.startswith("whsec_"):
+        raise ValueError
+    try:
+        decoded = base64.b64decode(value[len("whsec_") :], validate=True)
+    except binascii.Error:
+        raise ValueError from None
+    if len(decoded) < 16:
+        raise ValueError
+
+
+def _check_fernet(value: str) -> None:
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.urlsafe_b64decode(value.encode())
+    except (binascii.Error, ValueError):
+        raise ValueError from None
+    if len(decoded) != 32:
+        raise ValueError
+
+
+def _check_api_key(value: str) -> None:
+    if len(value) < 24:
+        raise ValueError
+
+
+def _private_key(raw: Any) -> Secret[str]:
+    text = _text(raw)
+    body = text[2:] if text.startswith("0x") else text
+    try:
+        if len(bytes.fromhex(body)) != 32:
+            raise ValueError
+    except ValueError:
+        raise ValueError("a 32-byte hex private key") from None
+    return Secret("0x" + body.lower())
+
+
+def _path(raw: Any) -> Path:
+    return Path(_text(raw))
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting: its key (without prefix), parser, default and meaning."""
+
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    doc: str
+    secret: bool = False
+    required: bool = False
+
+    @property
+    def env_name(self) -> str:
+        return PREFIX + self.key.upper()
+
+
+FIELDS: tuple[Field, ...] = (
+    Field(
+        "database_url",
+        _url(("postgresql", "postgres")),
+        None,
+        "PostgreSQL DSN; PostgreSQL is the source of truth.",
+        required=True,
+    ),
+    Field(
+        "redis_url",
+        _url(("redis", "rediss", "unix")),
+        "redis://127.0.0.1:6379/0",
+        "Redis URL for rate limits and the replay cache.",
+    ),
+    Field(
+        "redis_prefix",
+        _text,
+        "haven",
+        "Prefix of every Redis key, so deployments can share a Redis.",
+    ),
+    Field(
+        "rpc_url",
+        _url_list,
+        None,
+        "JSON-RPC endpoints, comma-separated; later ones are failovers.",
+        required=True,
+    ),
+    Field(
+        "chain_id",
+        _int_range(1, 2**63 - 1),
+        None,
+        "Chain id the node must serve; signatures are bound to it.",
+        required=True,
+    ),
+    Field(
+        "token_address",
+        _address,
+        None,
+        "Address of the HNV contract (written by `haven deploy`).",
+    ),
+    Field(
+        "start_block",
+        _int_range(0, 2**63 - 1),
+        0,
+        "Block to start indexing from: the contract's deployment block.",
+    ),
+    Field(
+        "confirmations",
+        _int_range(0, 10_000),
+        12,
+        "Depth at which a mint counts as confirmed.",
+    ),
+    Field(
+        "finality_depth",
+        _int_range(1, 100_000),
+        64,
+        "Depth past which blocks are final and their headers may be pruned.",
+    ),
+    Field(
+        "poll_interval_ms",
+        _int_range(10, 600_000),
+        1000,
+        "How often the daemon polls the chain head.",
+    ),
+    Field(
+        "max_in_flight",
+        _int_range(1, 1024),
+        16,
+        "Unconfirmed transactions allowed per signer.",
+    ),
+    Field(
+        "max_fee_wei",
+        _wei,
+        Wei(500 * 10**9),
+        "Hard cap on the fee cap of any transaction, in wei.",
+    ),
+    Field(
+        "gas_limit",
+        _int_range(21_000, 30_000_000),
+        200_000,
+        "Gas limit of a mint transaction.",
+    ),
+    Field(
+        "webhook_secrets_aurora",
+        _secret_list(_check_whsec, "whsec_ secrets, comma-separated"),
+        None,
+        "Aurora's active signing secrets (several during rotation).",
+        secret=True,
+        required=True,
+    ),
+    Field(
+        "webhook_secrets_tribe",
+        _secret_list(_check_whsec, "whsec_ secrets, comma-separated"),
+        None,
+        "Tribe's active signing secrets (several during rotation).",
+        secret=True,
+        required=True,
+    ),
+    Field(
+        "webhook_tolerance_s",
+        _int_range(1, 86_400),
+        300,
+        "Largest accepted distance between a webhook's timestamp and now.",
+    ),
+    Field(
+        "master_key",
+        _secret_list(
+            _check_fernet,
+            "Fernet keys (urlsafe base64 of 32 bytes), comma-separated, newest first",
+        ),
+        None,
+        "Keys that encrypt signer keys at rest; the first encrypts.",
+        secret=True,
+        required=True,
+    ),
+    Field(
+        "admin_api_keys",
+        _secret_list(
+            _check_api_key, "API keys of 24 characters or more, comma-separated"
+        ),
+        None,
+        "Bearer keys accepted by the admin API.",
+        secret=True,
+        required=True,
+    ),
+    Field("listen_host", _text, "127.0.0.1", "Address the listener binds."),
+    Field("listen_port", _int_range(1, 65535), 8080, "Port the listener binds."),
+    Field(
+        "daemon_port",
+        _int_range(0, 65535),
+        9108,
+        "Port of the daemon's /metrics and /healthz (0 turns it off).",
+    ),
+    Field(
+        "reward_rules",
+        _path,
+        None,
+        "Reward rules file; the packaged config/rewards.toml when unset.",
+    ),
+    Field(
+        "log_format",
+        _choice("json", "text"),
+        "text",
+        "json for production log shipping, text for a terminal.",
+    ),
+    Field(
+        "log_level",
+        _choice("debug", "info", "warning", "error"),
+        "info",
+        "Lowest level logged.",
+    ),
+    Field(
+        "deployer_key",
+        _private_key,
+        None,
+        "Key that deploys HNV and grants roles (`haven deploy` only).",
+        secret=True,
+    ),
+)
+
+_BY_KEY = {f.key: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings of one process. Construct with :func:`load`."""
+
+    database_url: Secret[str]
+    redis_url: Secret[str]
+    redis_prefix: str
+    rpc_url: tuple[str, ...]
+    chain_id: int
+    token_address: ChecksumAddress | None
+    start_block: int
+    confirmations: int
+    finality_depth: int
+    poll_interval_ms: int
+    max_in_flight: int
+    max_fee_wei: Wei
+    gas_limit: int
+    webhook_secrets_aurora: Secret[tuple[str, ...]]
+    webhook_secrets_tribe: Secret[tuple[str, ...]]
+    webhook_tolerance_s: int
+    master_key: Secret[tuple[str, ...]]
+    admin_api_keys: Secret[tuple[str, ...]]
+    listen_host: str
+    listen_port: int
+    daemon_port: int
+    reward_rules: Path | None
+    log_format: str
+    log_level: str
+    deployer_key: Secret[str] | None
+    source: str = field(default="environment")
+
+    def webhook_secrets(self, partner: str) -> tuple[str, ...]:
+        """Return the active secrets of ``partner``; KeyError if unknown."""
+        secrets = {
+            "aurora": self.webhook_secrets_aurora,
+            "tribe": self.webhook_secrets_tribe,
+        }[partner]
+        return secrets.reveal()
+
+    def require_token(self) -> ChecksumAddress:
+        """Return the HNV address, or raise ConfigError if none is set."""
+        if self.token_address is None:
+            raise ConfigError(
+                [
+                    "HAVEN_TOKEN_ADDRESS: not set; expected the HNV contract "
+                    "address (run `haven deploy` and set it)"
+                ]
+            )
+        return self.token_address
+
+    def describe(self) -> list[tuple[str, str]]:
+        """Return (env name, display value) pairs with secrets masked."""
+        rows = []
+        for spec in FIELDS:
+            value = getattr(self, spec.key)
+            if spec.key in ("database_url", "redis_url") and value is not None:
+                shown = mask_dsn(value.reveal())
+            elif isinstance(value, Secret):
+                shown = "********"
+            elif isinstance(value, tuple):
+                shown = ",".join(value)
+            elif value is None:
+                shown = "(unset)"
+            else:
+                shown = str(value)
+            rows.append((spec.env_name, shown))
+        return rows
+
+
+def _shown(spec: Field, raw: Any) -> str:
+    if spec.secret:
+        return "'********'"
+    if spec.key in ("database_url", "redis_url"):
+        return repr(mask_dsn(str(raw)))
+    return repr(raw)
+
+
+def load(
+    environ: Mapping[str, str], *, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Load, validate and return the settings; raise ConfigError listing every problem.
+
+    ``environ`` is read for ``HAVEN_*`` keys and ``HAVEN_CONFIG``; values in
+    ``overrides`` (keyed like the TOML file) win over both. Nothing is read at
+    import time.
+    """
+    problems: list[str] = []
+    raw: dict[str, Any] = {}
+    source = "environment"
+
+    config_path = environ.get(CONFIG_FILE_KEY)
+    if config_path:
+        source = f"{config_path} and environment"
+        raw.update(_read_file(Path(config_path), problems))
+
+    for name, value in environ.items():
+        if not name.startswith(PREFIX) or name == CONFIG_FILE_KEY:
+            continue
+        key = name[len(PREFIX) :].lower()
+        if key not in _BY_KEY:
+            problems.append(
+                f"{name}: unknown setting; expected one of the "
+                "documented HAVEN_* keys (see `haven check-config`)"
+            )
+            continue
+        raw[key] = value
+    raw.update(overrides or {})
+
+    values: dict[str, Any] = {}
+    for spec in FIELDS:
+        if spec.key not in raw or raw[spec.key] in ("", None):
+            if spec.required:
+                problems.append(f"{spec.env_name}: missing; expected a value ({spec.doc})")
+            values[spec.key] = spec.default
+            continue
+        try:
+            values[spec.key] = spec.parse(raw[spec.key])
+        except ValueError as exc:
+            problems.append(
+                f"{spec.env_name}: got {_shown(spec, raw[spec.key])}; expected {exc}"
+            )
+
+    if problems:
+        raise ConfigError(problems)
+    for key in ("database_url", "redis_url"):
+        values[key] = Secret(values[key])
+    names = {f.name for f in fields(Settings)}
+    return Settings(source=source, **{k: v for k, v in values.items() if k in names})
+
+
+def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append(
+            f"HAVEN_CONFIG: cannot read {str(path)!r} ({exc.strerror}); "
+            "expected a readable TOML file"
+        )
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"HAVEN_CONFIG: {str(path)!r} is not valid TOML ({exc})")
+        return {}
+    known = {}
+    for key, value in document.items():
+        if key not in _BY_KEY:
+            problems.append(
+                f"{path}: unknown key {key!r}; expected one of "
+                f"{', '.join(sorted(_BY_KEY))}"
+            )
+            continue
+        known[key] = value
+    return known

@@ -1,0 +1,1 @@
+"""Test harness: real PostgreSQL databases, Redis prefixes and anvil nodes."""

@@ -1,0 +1,129 @@
+"""Start and stop real anvil nodes for tests.
+
+Each node writes its state under a temporary cache directory that is removed
+when the node stops: anvil otherwise keeps a file per block in the home
+directory forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[2]
+ANVIL_BIN = ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+
+# anvil's default mnemonic ("test test ... junk") accounts 0..9.
+DEV_KEYS = (
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+)
+DEV_ADDRESSES = (
+    "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
+    "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+    "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+    "0x90F79bf6EB2c4f937B3Fc6f5ab5E4cbBC9e8F2d7",
+    "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65",
+)
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class AnvilNode:
+    """A running anvil process and its JSON-RPC URL."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    chain_id: int
+
+    async def rpc(self, method: str, params: Sequence[Any] = ()) -> Any:
+        """Call one JSON-RPC method and return its result, raising on error."""
+        payload = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.post(self.url, json=payload) as response:
+                body = await response.json()
+        if "error" in body:
+            raise RuntimeError(f"{method} failed: {body['error']}")
+        return body["result"]
+
+    async def mine(self, blocks: int = 1) -> None:
+        await self.rpc("anvil_mine", [hex(blocks)])
+
+    async def block_number(self) -> int:
+        return int(await self.rpc("eth_blockNumber"), 16)
+
+
+async def _wait_until_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    payload = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+    timeout = aiohttp.ClientTimeout(total=1)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for _ in range(200):
+            if process.poll() is not None:
+                raise RuntimeError(f"anvil exited with code {process.returncode}")
+            try:
+                async with session.post(url, json=payload) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            # anvil prints nothing we can wait on when silent: the port opening
+            # is the only readiness signal, so poll it briefly.
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"anvil at {url} did not become ready")
+
+
+@asynccontextmanager
+async def running_anvil(
+    *extra_args: str, chain_id: int = 31337, block_time_s: float | None = None
+) -> AsyncIterator[AnvilNode]:
+    """Run one anvil node for the duration of the block."""
+    if not ANVIL_BIN.exists():
+        raise RuntimeError(f"anvil not installed at {ANVIL_BIN}: run `make setup`")
+    cache_dir = tempfile.mkdtemp(prefix="haven-anvil-")
+    port = free_port()
+    args = [
+        str(ANVIL_BIN),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--chain-id", str(chain_id),
+        "--cache-path", cache_dir,
+        "--silent",
+    ]
+    if block_time_s is not None:
+        args += ["--block-time", str(block_time_s)]
+    args += list(extra_args)
+    env = dict(os.environ, HOME=cache_dir)
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await _wait_until_ready(url, process)
+        yield AnvilNode(url=url, process=process, chain_id=chain_id)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(cache_dir, ignore_errors=True)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from haven import db, migrations
+from haven.errors import MigrationError, SchemaOutdatedError
+
+
+async def test_migrate_applies_every_file_once_and_records_checksums(empty_database_url):
+    first = await migrations.apply(empty_database_url)
+    second = await migrations.apply(empty_database_url)
+
+    assert first == [m.version for m in migrations.discover()]
+    assert second == []
+    connection = await asyncpg.connect(empty_database_url)
+    try:
+        rows = await connection.fetch("SELECT version, checksum FROM schema_migrations")
+    finally:
+        await connection.close()
+    assert {r["version"]: r["checksum"] for r in rows} == {
+        m.version: m.checksum for m in migrations.discover()
+    }
+
+
+async def test_concurrent_migrations_apply_each_file_exactly_once(empty_database_url):
+    results = await asyncio.gather(
+        *(migrations.apply(empty_database_url) for _ in range(4))
+    )
+
+    applied = [version for result in results for version in result]
+    assert sorted(applied) == sorted(m.version for m in migrations.discover())
+
+
+async def test_an_edited_applied_migration_is_an_error_naming_the_file(
+    empty_database_url, tmp_path: Path
+):
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(migrations.SQL_DIR, sql_dir)
+    await migrations.apply(empty_database_url, sql_dir)
+    first = sorted(sql_dir.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- edited\n")
+
+    with pytest.raises(MigrationError, match=first.name):
+        await migrations.apply(empty_database_url, sql_dir)
+
+
+async def test_a_failing_migration_leaves_nothing_half_applied(
+    empty_database_url, tmp_path: Path
+):
+    sql_dir = tmp_path / "sql"
+    sql_dir.mkdir()
+    (sql_dir / "0001_ok.sql").write_text("CREATE TABLE a (x int);")
+    (sql_dir / "0002_bad.sql").write_text("CREATE TABLE b (x int); SELECT nope;")
+
+    with pytest.raises(asyncpg.PostgresError):
+        await migrations.apply(empty_database_url, sql_dir)
+
+    connection = await asyncpg.connect(empty_database_url)
+    try:
+        versions = await connection.fetch("SELECT version FROM schema_migrations")
+        has_b = await connection.fetchval("SELECT to_regclass('b') IS NOT NULL")
+    finally:
+        await connection.close()
+    assert [r["version"] for r in versions] == ["0001_ok"]
+    assert has_b is False
+
+
+async def test_start_up_refuses_a_schema_older_than_the_code(empty_database_url):
+    pool = await db.create_pool(empty_database_url)
+    try:
+        with pytest.raises(SchemaOutdatedError, match="haven migrate"):
+            await migrations.ensure_current(pool)
+        await migrations.apply(empty_database_url)
+        await migrations.ensure_current(pool)
+    finally:
+        await pool.close()
