@@ -12,7 +12,7 @@ the expectation. Secrets are wrapped in :class:`Secret` and masked in every
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -368,6 +368,7 @@ FIELDS: tuple[Field, ...] = (
 )
 
 _BY_KEY = {f.key: f for f in FIELDS}
+REQUIRED = frozenset(f.key for f in FIELDS if f.required)
 
 
 @dataclass(frozen=True)
@@ -448,17 +449,22 @@ def _shown(spec: Field, raw: Any) -> str:
 
 
 def load(
-    environ: Mapping[str, str], *, overrides: Mapping[str, Any] | None = None
+    environ: Mapping[str, str],
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    require: Collection[str] | None = None,
 ) -> Settings:
     """Load, validate and return the settings; raise ConfigError listing every problem.
 
     ``environ`` is read for ``HAVEN_*`` keys and ``HAVEN_CONFIG``; values in
-    ``overrides`` (keyed like the TOML file) win over both. Nothing is read at
-    import time.
+    ``overrides`` (keyed like the TOML file) win over both. ``require`` narrows
+    the required keys for tools that need only a few (``haven migrate``);
+    the others may then be None. Nothing is read at import time.
     """
     problems: list[str] = []
     raw: dict[str, Any] = {}
     source = "environment"
+    required = set(require) if require is not None else REQUIRED
 
     config_path = environ.get(CONFIG_FILE_KEY)
     if config_path:
@@ -481,8 +487,10 @@ def load(
     values: dict[str, Any] = {}
     for spec in FIELDS:
         if spec.key not in raw or raw[spec.key] in ("", None):
-            if spec.required:
-                problems.append(f"{spec.env_name}: missing; expected a value ({spec.doc})")
+            if spec.key in required:
+                problems.append(
+                    f"{spec.env_name}: missing; expected a value ({spec.doc})"
+                )
             values[spec.key] = spec.default
             continue
         try:
@@ -495,7 +503,8 @@ def load(
     if problems:
         raise ConfigError(problems)
     for key in ("database_url", "redis_url"):
-        values[key] = Secret(values[key])
+        if values[key] is not None:
+            values[key] = Secret(values[key])
     names = {f.name for f in fields(Settings)}
     return Settings(source=source, **{k: v for k, v in values.items() if k in names})
 

@@ -1,0 +1,50 @@
+# haven: `make demo` runs the whole flow on a local chain; `make test` runs every test.
+# Both set up a fresh machine first: .venv, npm toolchain, PostgreSQL and Redis.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup services demo test test-full lint typecheck contracts bench clean
+
+setup: $(VENV)/.installed node_modules/.installed services
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "haven needs Python 3.11 or newer"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	test -x node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil || \
+	  (echo "anvil binary missing after npm ci: is this machine linux-amd64?" >&2; exit 1)
+	touch $@
+
+services:
+	@scripts/services.sh
+
+demo: setup
+	$(BIN)/haven demo
+
+test: setup lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The long randomised suites at full count (crash matrix, reorg fuzzing, soak).
+test-full: setup
+	HAVENTEST_FULL=1 $(BIN)/pytest --timeout=1800 $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed node_modules/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	node_modules/.bin/solhint --max-warnings 0 --disc 'contracts/**/*.sol'
+
+contracts: node_modules/.installed
+	node contracts/compile.js
+
+bench: setup
+	$(BIN)/python -m benches
+
+clean:
+	rm -rf $(VENV) node_modules var .pytest_cache .ruff_cache .mypy_cache

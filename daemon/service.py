@@ -1,0 +1,105 @@
+"""The daemon process: the submitter and the chain tailer under one owner.
+
+``run`` opens PostgreSQL, Redis and the chain client, refuses to start on an
+outdated schema or the wrong chain, then runs every component as a task it
+owns. SIGTERM or SIGINT sets one stop event; components finish or safely
+abandon their current step and return; anything still running after the
+grace period is cancelled. Nothing half-written survives either path: every
+write that must finish once a transaction is broadcast is shielded by the
+component that makes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from loguru import logger
+
+from haven import db, migrations
+from haven.chain import ChainClient
+from haven.settings import Settings
+
+
+class Component(Protocol):
+    """A long-running part of the daemon."""
+
+    name: str
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Work until ``stopping`` is set, then return; never raise for a passing fault."""
+
+
+ComponentFactory = Callable[
+    [Settings, db.Pool, ChainClient], Awaitable[list[Component]]
+]
+
+
+async def default_components(
+    settings: Settings, pool: db.Pool, chain: ChainClient
+) -> list[Component]:
+    from haven.daemon.submitter import Submitter
+    from haven.daemon.tailer import Tailer
+
+    return [Submitter(settings, pool, chain), Tailer(settings, pool, chain)]
+
+
+async def run(
+    settings: Settings,
+    *,
+    grace_s: float = 20.0,
+    components: ComponentFactory = default_components,
+    stopping: asyncio.Event | None = None,
+) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or ``stopping``) and a clean shutdown."""
+    stopping = stopping or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    pool = await db.create_pool(settings.database_url.reveal(), max_size=8)
+    chain = ChainClient(settings.rpc_url, chain_id=settings.chain_id)
+    try:
+        await migrations.ensure_current(pool)
+        await chain.verify_chain_id()
+        parts = await components(settings, pool, chain)
+        logger.info("daemon started", components=[p.name for p in parts])
+        await _supervise(parts, stopping, grace_s)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await chain.close()
+        await pool.close()
+    logger.info("daemon stopped")
+
+
+async def _supervise(
+    parts: list[Component], stopping: asyncio.Event, grace_s: float
+) -> None:
+    tasks = [asyncio.create_task(part.run(stopping), name=part.name) for part in parts]
+    stop_wait = asyncio.create_task(stopping.wait())
+    try:
+        done, _ = await asyncio.wait(
+            [*tasks, stop_wait], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task is not stop_wait and task.exception() is not None:
+                # A component that dies takes the process down: the service
+                # manager restarts it, and start-up re-reconciles with the chain.
+                stopping.set()
+                raise task.exception()  # type: ignore[misc]
+        stopping.set()
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        for task in pending:
+            logger.warning(
+                "component did not stop in time, cancelling", component=task.get_name()
+            )
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        stop_wait.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, stop_wait, return_exceptions=True)

@@ -1,0 +1,203 @@
+"""The ``haven`` command line: one entry point for every process and tool.
+
+Settings are loaded once here and passed down. Errors a person can fix
+(settings, an unreachable database, an outdated schema) end the command with
+a one-line message and a distinct exit code, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Collection
+from typing import Any
+
+from haven import logs, settings
+from haven.errors import (
+    ChainError,
+    ConfigError,
+    DatabaseUnavailableError,
+    HavenError,
+    MigrationError,
+)
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+EXIT_FAILED = 1
+
+
+def _load(require: Collection[str] | None = None) -> settings.Settings:
+    return settings.load(os.environ, require=require)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    loaded = _load()
+    width = max(len(name) for name, _ in loaded.describe())
+    print(f"# effective settings (from {loaded.source})")
+    for name, shown in loaded.describe():
+        print(f"{name.ljust(width)}  {shown}")
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from haven import migrations
+
+    loaded = _load(require=("database_url",))
+    logs.configure(loaded, process="migrate")
+    applied = asyncio.run(migrations.apply(loaded.database_url.reveal()))
+    print(
+        f"applied {len(applied)} migration(s)"
+        + (": " + ", ".join(applied) if applied else "")
+    )
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from haven import deploy
+
+    loaded = _load()
+    logs.configure(loaded, process="deploy")
+    result = asyncio.run(
+        deploy.deploy(loaded, fund_wei=args.fund_wei, signers=args.signers)
+    )
+    print(f"HAVEN_TOKEN_ADDRESS={result.token_address}")
+    print(f"HAVEN_START_BLOCK={result.deploy_block}")
+    print(f"# minters: {', '.join(result.minters)}", file=sys.stderr)
+    return 0
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    from haven.listeners import app
+
+    loaded = _load()
+    logs.configure(loaded, process="listener")
+    asyncio.run(app.serve(loaded))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from haven.daemon import service
+
+    loaded = _load()
+    loaded.require_token()
+    logs.configure(loaded, process="daemon")
+    asyncio.run(service.run(loaded))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from haven.reconciler import reports
+
+    loaded = _load()
+    loaded.require_token()
+    logs.configure(loaded, process="report")
+    return asyncio.run(reports.command(loaded, args))
+
+
+def _cmd_wallet(args: argparse.Namespace) -> int:
+    from haven.daemon import wallets
+
+    loaded = _load()
+    logs.configure(loaded, process="wallet")
+    return asyncio.run(wallets.command(loaded, args))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from haven import demo
+
+    logs.configure(None, process="demo")
+    return asyncio.run(demo.main(args))
+
+
+def _wei(text: str) -> int:
+    value = int(text, 10)
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a non-negative integer of wei, got {text}"
+        )
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="haven",
+        description="Partner events in, HNV reward mints out, and proof that the books balance.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add(
+        "check-config",
+        _cmd_check_config,
+        "print the effective settings, secrets masked",
+    )
+    add("migrate", _cmd_migrate, "apply pending SQL migrations from sql/")
+    deploy = add(
+        "deploy", _cmd_deploy, "deploy HNV and grant the minter role to the hot wallet"
+    )
+    deploy.add_argument(
+        "--fund-wei",
+        type=_wei,
+        default=0,
+        help="send this much ETH (in wei) to each hot wallet for gas",
+    )
+    deploy.add_argument(
+        "--signers",
+        type=int,
+        default=1,
+        help="number of hot wallets to authorise (default 1)",
+    )
+    add("listen", _cmd_listen, "run the partner webhook listener and admin API")
+    add("run", _cmd_run, "run the minting and chain-tailing daemon")
+    report = add("report", _cmd_report, "print a reconciliation report")
+    wallet = add("wallet", _cmd_wallet, "manage custodial signer keys")
+    demo = add(
+        "demo", _cmd_demo, "run the whole flow on a local chain and print the report"
+    )
+    _add_late_arguments(report, wallet, demo)
+    return parser
+
+
+def _add_late_arguments(report: Any, wallet: Any, demo: Any) -> None:
+    # Their modules pull in the service stacks; load them only to build
+    # their own argument lists.
+    from haven import demo as demo_module
+    from haven.daemon import wallets
+    from haven.reconciler import reports
+
+    reports.add_arguments(report)
+    wallets.add_arguments(wallet)
+    demo_module.add_arguments(demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``haven`` command; return its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print("haven: invalid settings:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MigrationError as exc:
+        print(f"haven: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (DatabaseUnavailableError, ChainError) as exc:
+        print(f"haven: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except HavenError as exc:
+        print(f"haven: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

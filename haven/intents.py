@@ -1,0 +1,265 @@
+"""Reward intents: the only module that talks SQL to ``intents`` and ``intent_events``.
+
+An intent is a reward owed to a wallet. Its id is keccak256 of its business
+key (partner, kind, source key), so the same partner object can only ever
+owe one reward and the on-chain ``intentId`` is known before anything is sent.
+Every status change is recorded in ``intent_events`` in the same transaction.
+
+Statuses::
+
+    held ──► ready ──► submitted ──► mined ──► confirmed
+      │        │  ▲        │  ▲        │
+      ▼        ▼  └────────┘  └────────┘ (reorged out / dropped)
+    voided  approval ──► rejected       failed (reverted)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from eth_utils import keccak
+
+from haven.types import ChecksumAddress, IntentId, Wei
+
+HELD = "held"
+READY = "ready"
+APPROVAL = "approval"
+SUBMITTED = "submitted"
+MINED = "mined"
+CONFIRMED = "confirmed"
+VOIDED = "voided"
+FAILED = "failed"
+REJECTED = "rejected"
+STATUSES = (
+    HELD,
+    READY,
+    APPROVAL,
+    SUBMITTED,
+    MINED,
+    CONFIRMED,
+    VOIDED,
+    FAILED,
+    REJECTED,
+)
+OUTSTANDING = (HELD, READY, APPROVAL, SUBMITTED, MINED)
+
+
+def derive_id(partner: str, kind: str, source_key: str) -> IntentId:
+    """Return the intent id of a business key: keccak256 of ``haven:v1:partner:kind:key``."""
+    return IntentId(keccak(f"haven:v1:{partner}:{kind}:{source_key}".encode()))
+
+
+@dataclass(frozen=True)
+class Intent:
+    id: IntentId
+    partner: str
+    kind: str
+    source_key: str
+    wallet: ChecksumAddress
+    amount_wei: Wei
+    rule_version: str
+    status: str
+    status_reason: str | None
+    signer: str | None
+    nonce: int | None
+    tx_hash: bytes | None
+    block_number: int | None
+    block_hash: bytes | None
+    request_id: str | None
+    reversed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Intent:
+        return cls(
+            id=IntentId(bytes(row["id"])),
+            partner=row["partner"],
+            kind=row["kind"],
+            source_key=row["source_key"],
+            wallet=ChecksumAddress(row["wallet"]),
+            amount_wei=Wei(int(row["amount_wei"])),
+            rule_version=row["rule_version"],
+            status=row["status"],
+            status_reason=row["status_reason"],
+            signer=row["signer"],
+            nonce=row["nonce"],
+            tx_hash=bytes(row["tx_hash"]) if row["tx_hash"] is not None else None,
+            block_number=row["block_number"],
+            block_hash=bytes(row["block_hash"])
+            if row["block_hash"] is not None
+            else None,
+            request_id=row["request_id"],
+            reversed_at=row["reversed_at"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+
+async def create(
+    connection: asyncpg.Connection,
+    *,
+    partner: str,
+    kind: str,
+    source_key: str,
+    wallet: ChecksumAddress,
+    amount_wei: Wei,
+    rule_version: str,
+    status: str,
+    request_id: str | None = None,
+    reason: str | None = None,
+) -> tuple[Intent, bool]:
+    """Insert the intent of a business key unless it exists; return it and whether it is new.
+
+    Idempotent: a second call with the same key returns the stored intent
+    untouched. Must run inside the caller's transaction.
+    """
+    if status not in (HELD, READY, APPROVAL):
+        raise ValueError(
+            f"a new intent must be held, ready or approval, not {status!r}"
+        )
+    intent_id = derive_id(partner, kind, source_key)
+    row = await connection.fetchrow(
+        """
+        INSERT INTO intents (id, partner, kind, source_key, wallet, amount_wei,
+                             rule_version, status, status_reason, request_id, ready_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                CASE WHEN $8 = 'ready' THEN now() END)
+        ON CONFLICT (partner, kind, source_key) DO NOTHING
+        RETURNING *
+        """,
+        intent_id,
+        partner,
+        kind,
+        source_key,
+        wallet,
+        amount_wei,
+        rule_version,
+        status,
+        reason,
+        request_id,
+    )
+    if row is None:
+        existing = await get(connection, intent_id, for_update=True)
+        assert existing is not None
+        return existing, False
+    await _record_event(connection, intent_id, None, status, reason)
+    return Intent.from_row(row), True
+
+
+async def get(
+    connection: asyncpg.Connection, intent_id: bytes, *, for_update: bool = False
+) -> Intent | None:
+    """Return the intent with ``intent_id``, optionally locking its row."""
+    lock = " FOR UPDATE" if for_update else ""
+    row = await connection.fetchrow(
+        f"SELECT * FROM intents WHERE id = $1{lock}", intent_id
+    )
+    return Intent.from_row(row) if row is not None else None
+
+
+async def transition(
+    connection: asyncpg.Connection,
+    intent_id: bytes,
+    *,
+    from_statuses: tuple[str, ...],
+    to_status: str,
+    reason: str | None = None,
+    **columns: Any,
+) -> Intent | None:
+    """Move an intent to ``to_status`` if it is in one of ``from_statuses``.
+
+    Returns the updated intent, or None when it was in another status (the
+    caller decides whether that is a conflict). Extra keyword arguments set
+    columns of the same row; timestamps of the new status are set here.
+    """
+    assignments = ["status = $3", "status_reason = $4", "updated_at = now()"]
+    values: list[Any] = [intent_id, list(from_statuses), to_status, reason]
+    for name, value in columns.items():
+        values.append(value)
+        assignments.append(f"{_column(name)} = ${len(values)}")
+    stamp = {READY: "ready_at", SUBMITTED: "submitted_at", CONFIRMED: "confirmed_at"}
+    if to_status in stamp:
+        assignments.append(f"{stamp[to_status]} = now()")
+    previous = await connection.fetchval(
+        "SELECT status FROM intents WHERE id = $1 FOR UPDATE", intent_id
+    )
+    row = await connection.fetchrow(
+        f"UPDATE intents SET {', '.join(assignments)} "
+        "WHERE id = $1 AND status = ANY($2::text[]) RETURNING *",
+        *values,
+    )
+    if row is None:
+        return None
+    await _record_event(connection, intent_id, previous, to_status, reason)
+    return Intent.from_row(row)
+
+
+_SETTABLE = {
+    "signer",
+    "nonce",
+    "tx_hash",
+    "block_number",
+    "block_hash",
+    "reversed_at",
+    "amount_wei",
+    "wallet",
+    "rule_version",
+}
+
+
+def _column(name: str) -> str:
+    if name not in _SETTABLE:
+        raise ValueError(f"intents.{name} cannot be set through transition()")
+    return name
+
+
+async def mark_reversed(connection: asyncpg.Connection, intent_id: bytes) -> None:
+    """Flag a minted intent whose partner object was cancelled afterwards."""
+    await connection.execute(
+        "UPDATE intents SET reversed_at = coalesce(reversed_at, now()), updated_at = now() "
+        "WHERE id = $1",
+        intent_id,
+    )
+    await _record_event(connection, intent_id, None, "reversed", "cancelled after mint")
+
+
+async def history(
+    connection: asyncpg.Connection, intent_id: bytes
+) -> list[dict[str, Any]]:
+    """Return the status changes of an intent, oldest first."""
+    rows = await connection.fetch(
+        "SELECT from_status, to_status, reason, at FROM intent_events "
+        "WHERE intent_id = $1 ORDER BY id",
+        intent_id,
+    )
+    return [dict(row) for row in rows]
+
+
+async def count_by_status(connection: asyncpg.Connection) -> dict[str, tuple[int, Wei]]:
+    """Return {status: (count, total amount in wei)} over all intents."""
+    rows = await connection.fetch(
+        "SELECT status, count(*) AS n, coalesce(sum(amount_wei), 0) AS total "
+        "FROM intents GROUP BY status"
+    )
+    return {row["status"]: (row["n"], Wei(int(row["total"]))) for row in rows}
+
+
+async def _record_event(
+    connection: asyncpg.Connection,
+    intent_id: bytes,
+    from_status: str | None,
+    to_status: str,
+    reason: str | None,
+) -> None:
+    await connection.execute(
+        "INSERT INTO intent_events (intent_id, from_status, to_status, reason) "
+        "VALUES ($1, $2, $3, $4)",
+        intent_id,
+        from_status,
+        to_status,
+        reason,
+    )

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from haven import settings
+from haven.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET_AURORA = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRET_TRIBE = "whsec_dGhpcyBpcyBhIHRyaWJlIHNlY3JldCE="
+MASTER = Fernet.generate_key().decode()
+ADMIN = "admin-key-0123456789abcdefghij"
+
+
+def valid_env(**extra: str) -> dict[str, str]:
+    env = {
+        "HAVEN_DATABASE_URL": "postgresql://haven:s3cr3t-pw@127.0.0.1:5432/haven",
+        "HAVEN_RPC_URL": "http://127.0.0.1:8545,http://127.0.0.1:8546",
+        "HAVEN_CHAIN_ID": "31337",
+        "HAVEN_TOKEN_ADDRESS": "0x5fbdb2315678afecb367f032d93f642f64180aa3",
+        "HAVEN_WEBHOOK_SECRETS_AURORA": SECRET_AURORA,
+        "HAVEN_WEBHOOK_SECRETS_TRIBE": SECRET_TRIBE,
+        "HAVEN_MASTER_KEY": MASTER,
+        "HAVEN_ADMIN_API_KEYS": ADMIN,
+        "HAVEN_LISTEN_PORT": "8080",
+    }
+    env.update(extra)
+    return env
+
+
+def test_valid_environment_loads_typed_values():
+    loaded = settings.load(valid_env())
+
+    assert loaded.chain_id == 31337
+    assert loaded.rpc_url == ("http://127.0.0.1:8545", "http://127.0.0.1:8546")
+    assert loaded.token_address == "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    assert loaded.webhook_secrets("aurora") == (SECRET_AURORA,)
+    assert loaded.confirmations == 12
+
+
+def test_unknown_haven_key_is_an_error_naming_it():
+    with pytest.raises(ConfigError) as caught:
+        settings.load(valid_env(HAVEN_CONFIRMATION="3"))
+
+    assert any(
+        "HAVEN_CONFIRMATION:" in p and "unknown" in p for p in caught.value.problems
+    )
+
+
+def test_every_problem_names_key_value_and_expectation_at_once():
+    env = valid_env(HAVEN_CHAIN_ID="mainnet", HAVEN_LISTEN_PORT="70000")
+    del env["HAVEN_RPC_URL"]
+
+    with pytest.raises(ConfigError) as caught:
+        settings.load(env)
+
+    problems = caught.value.problems
+    assert len(problems) == 3
+    assert any(
+        p.startswith("HAVEN_CHAIN_ID: got 'mainnet'; expected an integer")
+        for p in problems
+    )
+    assert any(
+        p.startswith(
+            "HAVEN_LISTEN_PORT: got '70000'; expected an integer from 1 to 65535"
+        )
+        for p in problems
+    )
+    assert any(p.startswith("HAVEN_RPC_URL: missing") for p in problems)
+
+
+def test_a_bad_secret_is_reported_without_its_value():
+    with pytest.raises(ConfigError) as caught:
+        settings.load(valid_env(HAVEN_WEBHOOK_SECRETS_TRIBE="hunter2-not-a-whsec"))
+
+    message = str(caught.value)
+    assert "HAVEN_WEBHOOK_SECRETS_TRIBE" in message
+    assert "hunter2" not in message
+
+
+def test_secrets_never_show_in_repr_or_description():
+    loaded = settings.load(valid_env())
+    shown = repr(loaded) + str(loaded.describe())
+
+    for secret in (SECRET_AURORA, SECRET_TRIBE, MASTER, ADMIN, "s3cr3t-pw"):
+        assert secret not in shown
+    assert "postgresql://haven:********@127.0.0.1:5432/haven" in shown
+
+
+def test_toml_file_is_read_and_environment_wins(tmp_path: Path):
+    path = tmp_path / "haven.toml"
+    path.write_text('confirmations = 20\nlog_format = "json"\nchain_id = 1\n')
+
+    loaded = settings.load(valid_env(HAVEN_CONFIG=str(path)))
+
+    assert loaded.confirmations == 20
+    assert loaded.log_format == "json"
+    assert loaded.chain_id == 31337
+
+
+def test_unknown_key_in_toml_file_is_an_error_naming_the_file(tmp_path: Path):
+    path = tmp_path / "haven.toml"
+    path.write_text("confirmatons = 20\n")
+
+    with pytest.raises(ConfigError, match="confirmatons"):
+        settings.load(valid_env(HAVEN_CONFIG=str(path)))
+
+
+def test_check_config_prints_masked_settings_or_errors_with_exit_code():
+    ok = subprocess.run(
+        [sys.executable, "-m", "haven.cli", "check-config"],
+        env=valid_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    bad = subprocess.run(
+        [sys.executable, "-m", "haven.cli", "check-config"],
+        env=valid_env(HAVEN_CHAIN_ID="-4"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert ok.returncode == 0, ok.stderr
+    assert "HAVEN_MASTER_KEY" in ok.stdout and MASTER not in ok.stdout
+    assert bad.returncode == 2
+    assert "HAVEN_CHAIN_ID: got '-4'" in bad.stderr
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+
+    missing = [f.env_name for f in settings.FIELDS if f"`{f.env_name}`" not in readme]
+    assert missing == []
