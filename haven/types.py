@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NewType
 
-from eth_utils import is_address, to_checksum_address
+from eth_utils import is_address, is_checksum_address, to_checksum_address
 
 Wei = NewType("Wei", int)
 Nonce = NewType("Nonce", int)
@@ -29,6 +29,10 @@ def checksum(address: str) -> ChecksumAddress:
     """
     if not isinstance(address, str) or not is_address(address):
         raise ValueError(f"not an Ethereum address: {address!r}")
+    body = address[2:]
+    if body != body.lower() and body != body.upper():
+        if not is_checksum_address(address):
+            raise ValueError(f"address has a wrong EIP-55 checksum: {address!r}")
     return ChecksumAddress(to_checksum_address(address))
 
 
