@@ -25,6 +25,7 @@ from haven.types import ONE_HNV, checksum
 AURORA_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TRIBE_SECRET = "whsec_dGhpcyBpcyBhIHRyaWJlIHNlY3JldCE="
 GUEST = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+MASTER_KEY = Fernet.generate_key().decode()
 
 
 def slice_env(database_url: str, redis_prefix: str, node: AnvilNode) -> dict[str, str]:
@@ -37,7 +38,7 @@ def slice_env(database_url: str, redis_prefix: str, node: AnvilNode) -> dict[str
         "HAVEN_POLL_INTERVAL_MS": "50",
         "HAVEN_WEBHOOK_SECRETS_AURORA": AURORA_SECRET,
         "HAVEN_WEBHOOK_SECRETS_TRIBE": TRIBE_SECRET,
-        "HAVEN_MASTER_KEY": Fernet.generate_key().decode(),
+        "HAVEN_MASTER_KEY": MASTER_KEY,
         "HAVEN_ADMIN_API_KEYS": "slice-admin-key-0123456789abcdef",
         "HAVEN_DEPLOYER_KEY": DEV_KEYS[0],
         "HAVEN_LISTEN_PORT": str(free_port()),

@@ -1,0 +1,197 @@
+"""Intake: the one database transaction that applies a partner event.
+
+In that transaction the delivery id is claimed, the event's effect is
+applied (an intent created or moved, a stake recorded, or the event parked),
+the event is stored in ``partner_events`` and the answer is stored for
+replays. Either all of it commits or none of it does; nothing on this path
+calls a chain, a mail server or a partner.
+
+Two deliveries of one event under the same id are settled by the claim: one
+transaction applies it, the others wait for it and replay its answer. Two
+deliveries under different ids (a re-emitted event) are settled by the
+intent's business key: the second finds the intent and answers ``duplicate``
+with the same intent id.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from loguru import logger
+
+from haven import db, intents
+from haven.listeners import alerts, bookings, deliveries, effects, events, stakes
+from haven.listeners.answers import Answer, Rejection, accepted
+from haven.listeners.deliveries import Delivery, StoredDelivery
+from haven.listeners.effects import Effect
+from haven.listeners.rules import Reward, RuleBook
+from haven.types import intent_id_hex
+
+
+async def recall(pool: asyncpg.Pool, delivery: Delivery) -> Answer | None:
+    """Answer a delivery id seen before, or return None for a new one.
+
+    The same body gets the stored answer again; another body gets 409 and a
+    security alert. Raise DatabaseUnavailableError if PostgreSQL is down.
+    """
+    async with db.transaction(pool) as connection:
+        stored = await deliveries.get(
+            connection, delivery.partner, delivery.delivery_id
+        )
+        if stored is None:
+            return None
+        return await _settle_known(connection, stored, delivery)
+
+
+async def apply(
+    pool: asyncpg.Pool, rules: RuleBook, delivery: Delivery, event: events.Event
+) -> Answer:
+    """Apply ``event`` once and return its answer; safe to call again and concurrently.
+
+    Raise InvalidEventError when the rules refuse a value of the event, and
+    DatabaseUnavailableError if PostgreSQL is down (nothing is then applied).
+    """
+    reward = rules.reward_for(event) if event.is_known else None
+
+    async with db.transaction(pool) as connection:
+        if not await deliveries.claim(connection, delivery):
+            stored = await deliveries.get(
+                connection, delivery.partner, delivery.delivery_id
+            )
+            assert stored is not None
+            return await _settle_known(connection, stored, delivery)
+
+        effect = await _effect(connection, event, reward, delivery)
+        await _store_event(connection, event, effect, delivery)
+        answer = _answer(effect, event, delivery)
+        await deliveries.record_answer(connection, delivery, answer)
+
+    _log(effect, event, delivery)
+    return answer
+
+
+async def _effect(
+    connection: asyncpg.Connection,
+    event: events.Event,
+    reward: Reward | None,
+    delivery: Delivery,
+) -> Effect:
+    data = event.data
+    if data is None:
+        return Effect(effects.PARKED, change="event parked")
+
+    if isinstance(data, events.Stake):
+        new = await stakes.record(
+            connection,
+            event.partner,
+            data,
+            occurred_at=event.occurred_at,
+            delivery_id=delivery.delivery_id,
+        )
+        if new:
+            return Effect(effects.RECORDED, change=f"stake {data.action} recorded")
+        return Effect(effects.DUPLICATE)
+
+    if reward is None:
+        return Effect(effects.RECORDED, change="event recorded without reward")
+
+    if isinstance(data, events.Booking):
+        return await bookings.apply(
+            connection, event.type, reward, request_id=delivery.request_id
+        )
+    return await _grant(connection, event.partner, reward, delivery)
+
+
+async def _grant(
+    connection: asyncpg.Connection,
+    partner: str,
+    reward: Reward,
+    delivery: Delivery,
+) -> Effect:
+    """Create the ready intent of a one-off reward, unless its key already has one."""
+    intent, created = await intents.create(
+        connection,
+        partner=partner,
+        kind=reward.kind,
+        source_key=reward.source_key,
+        wallet=reward.wallet,
+        amount_wei=reward.amount_wei,
+        rule_version=reward.rule_version,
+        status=intents.READY,
+        request_id=delivery.request_id,
+    )
+    if created:
+        return Effect(effects.INTENT_CREATED, intent, "intent created ready")
+    return Effect(effects.DUPLICATE, intent)
+
+
+async def _store_event(
+    connection: asyncpg.Connection,
+    event: events.Event,
+    effect: Effect,
+    delivery: Delivery,
+) -> None:
+    await events.store(
+        connection,
+        event,
+        delivery_id=delivery.delivery_id,
+        outcome=effect.stored_outcome,
+        intent_id=effect.intent.id if effect.intent else None,
+        request_id=delivery.request_id,
+    )
+
+
+def _answer(effect: Effect, event: events.Event, delivery: Delivery) -> Answer:
+    intent = effect.intent
+    return accepted(
+        outcome=effect.outcome,
+        intent_id=intent_id_hex(intent.id) if intent else None,
+        intent_status=intent.status if intent else None,
+        delivery_id=delivery.delivery_id,
+        event_type=event.type,
+    )
+
+
+async def _settle_known(
+    connection: asyncpg.Connection, stored: StoredDelivery, delivery: Delivery
+) -> Answer:
+    if stored.is_same_body(delivery):
+        return stored.replay()
+
+    await alerts.record(
+        connection,
+        kind=alerts.DELIVERY_ID_REUSED,
+        partner=delivery.partner,
+        subject=delivery.delivery_id,
+        detail={
+            "first_source": stored.source,
+            "first_body_sha256": stored.body_sha256.hex(),
+            "body_sha256": delivery.body_sha256.hex(),
+            "source": delivery.source,
+        },
+        request_id=delivery.request_id,
+    )
+    logger.warning(
+        "delivery id reused with another body: answered 409 and raised a "
+        "security alert; check the partner's sender for tampering or a bug",
+        partner=delivery.partner,
+        delivery_id=delivery.delivery_id,
+    )
+    return Rejection(
+        409,
+        "delivery_id_reused",
+        f"delivery id {delivery.delivery_id} was already used with another body",
+    ).to_answer()
+
+
+def _log(effect: Effect, event: events.Event, delivery: Delivery) -> None:
+    if effect.change is None:
+        return
+    intent = effect.intent
+    logger.bind(
+        partner=delivery.partner,
+        delivery_id=delivery.delivery_id,
+        event_type=event.type,
+        intent_id=intent_id_hex(intent.id) if intent else None,
+        amount_wei=intent.amount_wei if intent else None,
+        source=delivery.source,
+    ).info(effect.change)

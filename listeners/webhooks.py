@@ -1,0 +1,172 @@
+"""The partner webhook endpoints: ``POST /webhooks/<partner>`` (aurora, tribe).
+
+A request passes named stages in this order, each able to refuse it with
+its own status and stable code: client rate limit, partner, media type,
+size, signature, partner rate limit, replay, JSON, schema, intake. The
+signature is checked on the raw bytes before anything parses them, and the
+per-partner limit counts only authentic requests. Every request, whatever
+its answer, is written to the attempt log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from loguru import logger
+
+from haven import metrics
+from haven.errors import DatabaseUnavailableError
+from haven.listeners import attempts, correlation, events, intake
+from haven.listeners.answers import Answer, Rejection, database_unavailable
+from haven.listeners.attempts import Attempt
+from haven.listeners.deliveries import Delivery
+from haven.listeners.ratelimits import Limiter
+from haven.listeners.rules import RuleBook
+from haven.listeners.signatures import SignedHeaders, Verifier
+
+MAX_BODY_BYTES = 64 * 1024
+PATH = "/webhooks/{partner}"
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """What the webhook endpoints need: the pool, the rules, verifiers and limits."""
+
+    pool: asyncpg.Pool
+    rules: RuleBook
+    verifiers: Mapping[str, Verifier]
+    limiter: Limiter
+
+
+RECEIVER = web.AppKey("haven.webhooks.receiver", Receiver)
+
+
+def register(app: web.Application, receiver: Receiver) -> None:
+    """Add the webhook routes to ``app``; every method is answered, POST is served."""
+    app[RECEIVER] = receiver
+    app.router.add_route("*", PATH, receive)
+
+
+async def receive(request: web.Request) -> web.Response:
+    """Answer one webhook request and log the attempt. Never raises for client input."""
+    receiver = request.app[RECEIVER]
+    attempt = Attempt.begin(
+        request.match_info["partner"],
+        correlation.request_id(request),
+        request.remote,
+    )
+
+    try:
+        answer = await _process(request, receiver, attempt)
+    except Rejection as exc:
+        answer = exc.to_answer()
+
+    await attempts.record(receiver.pool, attempt, answer)
+    metrics.count_webhook(attempt.partner, answer.outcome, answer.status_code)
+    if answer.status_code >= 400:
+        logger.bind(
+            partner=attempt.partner,
+            delivery_id=attempt.delivery_id,
+            status_code=answer.status_code,
+            outcome=answer.outcome,
+        ).info("webhook refused")
+    return answer.to_response()
+
+
+async def _process(
+    request: web.Request, receiver: Receiver, attempt: Attempt
+) -> Answer:
+    await receiver.limiter.check_ip(request.remote or "unknown")
+    verifier = _verifier(request, receiver)
+    _check_method(request)
+    _check_media_type(request)
+    body = await _read_body(request)
+
+    signed = SignedHeaders.from_headers(request.headers)
+    attempt.delivery_id = signed.delivery_id
+    verifier.verify(signed, body, now_s=int(time.time()))
+    await receiver.limiter.check_partner(attempt.partner)
+
+    try:
+        return await _apply(receiver, attempt, signed, body)
+    except DatabaseUnavailableError as exc:
+        raise database_unavailable() from exc
+
+
+async def _apply(
+    receiver: Receiver, attempt: Attempt, signed: SignedHeaders, body: bytes
+) -> Answer:
+    payload, malformed = _parse(body)
+    delivery = Delivery.of(
+        attempt.partner,
+        signed.delivery_id,
+        body,
+        events.canonical(payload) if payload is not None else None,
+        source="webhook",
+        request_id=attempt.request_id,
+    )
+
+    # A known delivery id is settled before the body is judged: a retry of
+    # an accepted delivery is replayed, another body under it is a conflict.
+    known = await intake.recall(receiver.pool, delivery)
+    if known is not None:
+        return known
+    if malformed is not None:
+        raise malformed
+
+    assert payload is not None
+    event = events.read(attempt.partner, payload)
+    return await intake.apply(receiver.pool, receiver.rules, delivery, event)
+
+
+def _verifier(request: web.Request, receiver: Receiver) -> Verifier:
+    verifier = receiver.verifiers.get(request.match_info["partner"])
+    if verifier is None:
+        raise Rejection(404, "unknown_partner", "no partner is served at this path")
+    return verifier
+
+
+def _check_method(request: web.Request) -> None:
+    if request.method != "POST":
+        raise Rejection(
+            405,
+            "method_not_allowed",
+            "webhooks are delivered with POST",
+            headers={"Allow": "POST"},
+        )
+
+
+def _check_media_type(request: web.Request) -> None:
+    charset = (request.charset or "utf-8").lower()
+    if request.content_type != "application/json" or charset != "utf-8":
+        raise Rejection(
+            415,
+            "unsupported_media_type",
+            "the body must be sent as application/json in UTF-8",
+        )
+
+
+async def _read_body(request: web.Request) -> bytes:
+    too_large = Rejection(
+        413, "payload_too_large", f"the body must not exceed {MAX_BODY_BYTES} bytes"
+    )
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(MAX_BODY_BYTES):
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise too_large
+    return bytes(body)
+
+
+def _parse(body: bytes) -> tuple[dict[str, Any] | None, Rejection | None]:
+    try:
+        return events.parse_body(body), None
+    except Rejection as exc:
+        return None, exc

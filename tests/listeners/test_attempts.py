@@ -1,0 +1,92 @@
+"""The attempt log: every request, accepted or not, and never a secret."""
+
+from __future__ import annotations
+
+import json
+
+from loguru import logger
+
+
+async def test_every_request_is_logged_with_partner_id_status_and_outcome(
+    partner, conn
+):
+    good = partner.envelope("booking.confirmed", partner.booking("AUR-AT1"))
+    await partner.send("aurora", good, delivery_id="msg_ok")
+    await partner.send("aurora", good, delivery_id="msg_ok")
+    await partner.send(
+        "aurora",
+        good,
+        delivery_id="msg_forged",
+        secret=None,
+        headers={"webhook-signature": "v1,AAAA"},
+    )
+    await partner.send("aurora", good, delivery_id="msg_lost", path="/webhooks/zz")
+    await partner.send(
+        "aurora", b"x", delivery_id="msg_text", content_type="text/plain"
+    )
+
+    rows = await conn.fetch(
+        "SELECT partner, delivery_id, status_code, outcome, reason, request_id "
+        "FROM webhook_attempts ORDER BY id"
+    )
+
+    assert [
+        (r["partner"], r["delivery_id"], r["status_code"], r["outcome"]) for r in rows
+    ] == [
+        ("aurora", "msg_ok", 202, "intent_created"),
+        ("aurora", "msg_ok", 202, "replayed"),
+        ("aurora", "msg_forged", 401, "invalid_signature"),
+        ("zz", None, 404, "unknown_partner"),
+        ("aurora", None, 415, "unsupported_media_type"),
+    ]
+    assert all(r["request_id"] for r in rows)
+    assert rows[2]["reason"].startswith("no webhook-signature matches")
+
+
+async def test_a_partner_path_of_garbage_is_logged_as_unreadable(partner, conn):
+    await partner.send("aurora", b"{}", path="/webhooks/%00%FF%E2%80%AEevil")
+
+    assert await conn.fetchval("SELECT partner FROM webhook_attempts") == "(unreadable)"
+
+
+async def test_no_secret_or_signature_reaches_the_database_or_the_logs(
+    partner, conn, secrets
+):
+    lines: list[str] = []
+    sink = logger.add(
+        lambda message: lines.append(json.dumps(message.record, default=str)), level=0
+    )
+    sent_signatures = []
+    try:
+        for number, secret in enumerate(secrets.all()):
+            body = json.dumps(
+                partner.envelope("booking.confirmed", partner.booking(f"AUR-S{number}"))
+            ).encode()
+            headers = partner.sign(
+                "aurora", body, delivery_id=f"msg_s{number}", secret=secret
+            )
+            headers["Content-Type"] = "application/json"
+            sent_signatures.append(headers["webhook-signature"].removeprefix("v1,"))
+            await partner.post("/webhooks/aurora", body, headers)
+            await partner.post("/webhooks/tribe", body, headers)
+    finally:
+        logger.remove(sink)
+
+    dumps = []
+    for table in (
+        "webhook_attempts",
+        "webhook_deliveries",
+        "partner_events",
+        "security_alerts",
+        "intents",
+        "intent_events",
+    ):
+        rows = await conn.fetch(f"SELECT * FROM {table}")
+        dumps.append(repr([dict(row) for row in rows]))
+    everything = "\n".join(dumps + lines)
+    assert len(await conn.fetch("SELECT 1 FROM webhook_attempts")) == 6
+    for secret in secrets.all():
+        assert secret not in everything
+        assert secret.removeprefix("whsec_") not in everything
+    for signature in sent_signatures:
+        assert signature not in everything

@@ -1,0 +1,172 @@
+"""Envelope parsing and event validation, without a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from haven.listeners import events
+from haven.listeners.answers import Rejection
+from haven.listeners.events import InvalidEventError
+
+WALLET = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+
+
+def envelope(event_type: str, data) -> dict:
+    return {"type": event_type, "timestamp": "2026-12-01T10:00:00Z", "data": data}
+
+
+def problems(partner: str, payload: dict) -> list[tuple[str, str]]:
+    with pytest.raises(InvalidEventError) as refused:
+        events.read(partner, payload)
+    return [(f["path"], f["message"]) for f in refused.value.fields]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type": "a", "type": "b"}',
+        b'{"amount": NaN}',
+        b'{"amount": Infinity}',
+        b"[" * 5000 + b"]" * 5000,
+        b"\xff\xfe{}",
+        b"",
+        b'{"a": 1} trailing',
+    ],
+)
+def test_ambiguous_or_broken_json_is_malformed(body):
+    with pytest.raises(Rejection) as refused:
+        events.parse_body(body)
+
+    assert (refused.value.status_code, refused.value.code) == (400, "malformed_json")
+
+
+def test_integers_keep_every_digit():
+    document = events.parse_body(b'{"amount_wei": 123456789012345678901234567890}')
+
+    assert document["amount_wei"] == 123456789012345678901234567890
+
+
+def test_the_envelope_needs_a_type_a_timestamp_with_offset_and_a_data_object():
+    found = problems("aurora", {"timestamp": "2026-12-01T10:00:00", "data": []})
+
+    assert [path for path, _ in found] == ["type", "timestamp", "data"]
+
+
+def test_every_missing_booking_field_is_named():
+    found = problems("aurora", envelope("booking.completed", {}))
+
+    assert sorted(path for path, _ in found) == [
+        "data.booking_id",
+        "data.currency",
+        "data.guest_id",
+        "data.nights",
+        "data.total_paid_cents",
+        "data.wallet",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("wallet", "message"),
+    [
+        ("0x70997970c51812dc3a010c7d01b50e0d17dc79c", "20-byte address"),
+        ("0x70997970C51812DC3a010C7d01b50e0d17dc79C8", "EIP-55"),
+        ("70997970C51812dc3A010C7d01b50e0d17dc79C8zz", "20-byte address"),
+        ("0x0000000000000000000000000000000000000000", "zero address"),
+        (42, "expected a string"),
+    ],
+)
+def test_a_bad_wallet_is_refused_on_its_path(wallet, message):
+    data = {"member_id": "M", "wallet": wallet, "contribution_id": "C"}
+
+    found = problems("tribe", envelope("contribution.recorded", data))
+
+    assert found[0][0] == "data.wallet"
+    assert message in found[0][1]
+
+
+def test_an_all_lowercase_wallet_is_accepted_and_checksummed():
+    data = {"member_id": "M", "wallet": WALLET.lower(), "contribution_id": "C"}
+
+    event = events.read("tribe", envelope("contribution.recorded", data))
+
+    assert isinstance(event.data, events.Contribution)
+    assert event.data.wallet == WALLET
+
+
+@pytest.mark.parametrize("cents", [-1, 0, 1.5, "45000", 10**13, None, False])
+def test_total_paid_must_be_a_positive_integer_of_cents(cents):
+    data = {
+        "booking_id": "B",
+        "guest_id": "G",
+        "wallet": WALLET,
+        "total_paid_cents": cents,
+        "currency": "CAD",
+        "nights": 1,
+    }
+
+    found = problems("aurora", envelope("booking.confirmed", data))
+
+    assert [path for path, _ in found] == ["data.total_paid_cents"]
+
+
+def test_nul_characters_anywhere_are_refused_with_their_path():
+    payload = envelope("booking.modified", {"notes": ["ok", "bad\u0000"]})
+
+    found = problems("aurora", payload)
+
+    assert found == [("data.notes[1]", "must not contain NUL or lone surrogates")]
+
+
+def test_lone_surrogates_are_refused():
+    payload = events.parse_body(
+        b'{"type": "x.y", "timestamp": "2026-12-01T10:00:00Z", '
+        b'"data": {"n": "\\ud800"}}'
+    )
+
+    assert problems("tribe", payload)[0][0] == "data.n"
+
+
+def test_control_characters_in_ids_are_refused():
+    data = {"member_id": "M\n1", "wallet": WALLET, "session_id": "S"}
+
+    found = problems("tribe", envelope("coaching.completed", data))
+
+    assert found == [("data.member_id", "must not contain control characters")]
+
+
+def test_extra_fields_are_allowed_for_forward_compatibility():
+    data = {
+        "member_id": "M",
+        "wallet": WALLET,
+        "session_id": "S",
+        "coach": {"name": "Ana"},
+    }
+
+    event = events.read("tribe", envelope("coaching.completed", data) | {"v": 2})
+
+    assert isinstance(event.data, events.Coaching)
+
+
+def test_an_unknown_type_reads_as_an_event_without_data():
+    event = events.read("tribe", envelope("poll.answered", {"x": 1}))
+
+    assert not event.is_known
+    assert event.type == "poll.answered"
+
+
+def test_the_canonical_form_ignores_whitespace_and_key_order():
+    one = events.parse_body(b'{"b": [1, 2], "a": "\\u00e9"}')
+    two = events.parse_body(b'{ "a":"\xc3\xa9","b":[1,2] }')
+
+    assert events.canonical(one) == events.canonical(two)
+
+
+def test_nesting_is_limited_whatever_the_recursion_limit():
+    deepest = b'{"a": ' * events.MAX_DEPTH + b"1" + b"}" * events.MAX_DEPTH
+    too_deep = b"[" * (events.MAX_DEPTH + 1) + b"]" * (events.MAX_DEPTH + 1)
+    brackets_in_strings = b'{"a": "' + b"[" * 100 + b'\\"{"}'
+
+    assert events.parse_body(deepest)
+    assert events.parse_body(brackets_in_strings) == {"a": "[" * 100 + '"{'}
+    with pytest.raises(Rejection, match="deeper than"):
+        events.parse_body(too_deep)

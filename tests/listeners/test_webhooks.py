@@ -1,0 +1,177 @@
+"""The webhook endpoints through a running listener: every status code and body."""
+
+from __future__ import annotations
+
+import orjson
+
+from haven import intents
+from haven.types import parse_intent_id
+
+ISSUE_EXAMPLE = (
+    b'{"type": "booking.completed", "timestamp": "2026-12-01T10:00:00Z", "data": '
+    b'{"booking_id": "AUR-100234", "guest_id": "G-5521", "wallet": '
+    b'"0x70997970C51812dc3A010C7d01b50e0d17dc79C8", "total_paid_cents": 45000, '
+    b'"currency": "CAD", "nights": 3}}'
+)
+
+
+async def test_the_issue_example_is_accepted_as_a_ready_intent_of_1080_hnv(
+    partner, conn
+):
+    reply = await partner.send("aurora", ISSUE_EXAMPLE, delivery_id="msg_issue_2")
+
+    assert reply.status == 202
+    expected_id = intents.derive_id("aurora", "booking", "AUR-100234")
+    assert reply.body == {
+        "status": "accepted",
+        "outcome": "intent_created",
+        "intent_id": "0x" + expected_id.hex(),
+        "intent_status": "ready",
+        "delivery_id": "msg_issue_2",
+        "event_type": "booking.completed",
+    }
+    row = await conn.fetchrow("SELECT * FROM intents WHERE id = $1", expected_id)
+    assert row["amount_wei"] == 1080 * 10**18
+    assert row["status"] == "ready"
+    assert row["wallet"] == partner.WALLET
+    assert row["rule_version"] == "2026-12-01.1"
+    assert row["request_id"] == reply.headers["X-Request-Id"]
+
+
+async def test_a_caller_request_id_is_echoed_and_stored_on_the_intent(partner, conn):
+    body = partner.envelope("booking.confirmed", partner.booking("AUR-1"))
+
+    reply = await partner.send(
+        "aurora", body, headers={"X-Request-Id": "req-abc-12345"}
+    )
+
+    assert reply.status == 202
+    assert reply.headers["X-Request-Id"] == "req-abc-12345"
+    intent_id = parse_intent_id(reply.body["intent_id"])
+    stored = await conn.fetchval(
+        "SELECT request_id FROM intents WHERE id = $1", intent_id
+    )
+    assert stored == "req-abc-12345"
+
+
+async def test_an_implausible_request_id_is_replaced_by_a_generated_one(partner):
+    reply = await partner.send(
+        "aurora",
+        partner.envelope("booking.confirmed", partner.booking("AUR-2")),
+        headers={"X-Request-Id": "bad id with spaces"},
+    )
+
+    assert reply.status == 202
+    assert reply.headers["X-Request-Id"] != "bad id with spaces"
+    assert len(reply.headers["X-Request-Id"]) == 32
+
+
+async def test_malformed_json_is_answered_400_after_the_signature_holds(partner):
+    reply = await partner.send("aurora", b'{"type": "booking.completed", ')
+
+    assert reply.status == 400
+    assert reply.error_code == "malformed_json"
+
+
+async def test_a_json_body_that_is_not_an_object_is_answered_422_at_the_root(
+    partner,
+):
+    reply = await partner.send("aurora", b"[1, 2, 3]")
+
+    assert reply.status == 422
+    assert reply.body["error"]["fields"] == [
+        {"path": "$", "message": "expected a JSON object (the envelope)"}
+    ]
+
+
+async def test_an_unknown_partner_path_is_answered_404(partner):
+    reply = await partner.send("aurora", b"{}", path="/webhooks/expedia")
+
+    assert reply.status == 404
+    assert reply.error_code == "unknown_partner"
+
+
+async def test_other_methods_on_a_partner_path_are_answered_405(partner):
+    reply = await partner.post("/webhooks/aurora", b"", {}, method="GET")
+
+    assert reply.status == 405
+    assert reply.error_code == "method_not_allowed"
+    assert reply.headers["Allow"] == "POST"
+
+
+async def test_a_path_outside_the_api_is_answered_404_in_json(partner):
+    reply = await partner.post("/nowhere", b"", {}, method="GET")
+
+    assert reply.status == 404
+    assert reply.error_code == "not_found"
+    assert "X-Request-Id" in reply.headers
+
+
+async def test_a_body_over_64_kib_is_answered_413(partner):
+    padding = "x" * (64 * 1024)
+    body = partner.envelope("booking.confirmed", partner.booking("AUR-3", note=padding))
+
+    reply = await partner.send("aurora", body)
+
+    assert reply.status == 413
+    assert reply.error_code == "payload_too_large"
+
+
+async def test_a_body_of_exactly_64_kib_is_not_too_large(partner):
+    body = orjson.dumps(partner.envelope("booking.confirmed", partner.booking("AUR-4")))
+    padded = body[:-1] + b" " * (64 * 1024 - len(body)) + b"}"
+    assert len(padded) == 64 * 1024
+
+    reply = await partner.send("aurora", padded)
+
+    assert reply.status == 202
+
+
+async def test_a_body_that_is_not_json_is_answered_415(partner):
+    reply = await partner.send("aurora", b"type=booking", content_type="text/plain")
+
+    assert reply.status == 415
+    assert reply.error_code == "unsupported_media_type"
+
+
+async def test_json_in_another_charset_is_answered_415(partner):
+    reply = await partner.send(
+        "aurora", b"{}", content_type="application/json; charset=latin-1"
+    )
+
+    assert reply.status == 415
+
+
+async def test_schema_errors_are_answered_422_with_every_field_path(partner):
+    data = partner.booking("AUR-5", wallet="0x1234", total_paid_cents=-5, nights=2.5)
+    del data["guest_id"]
+
+    reply = await partner.send("aurora", partner.envelope("booking.completed", data))
+
+    assert reply.status == 422
+    assert reply.error_code == "invalid_event"
+    paths = sorted(field["path"] for field in reply.body["error"]["fields"])
+    assert paths == [
+        "data.guest_id",
+        "data.nights",
+        "data.total_paid_cents",
+        "data.wallet",
+    ]
+
+
+async def test_a_currency_without_a_rate_is_answered_422_on_its_field(partner, conn):
+    data = partner.booking("AUR-6", currency="USD")
+
+    reply = await partner.send("aurora", partner.envelope("booking.completed", data))
+
+    assert reply.status == 422
+    assert reply.body["error"]["fields"][0]["path"] == "data.currency"
+    assert await conn.fetchval("SELECT count(*) FROM intents") == 0
+
+
+async def test_error_bodies_share_one_shape(partner):
+    reply = await partner.send("aurora", b"{", content_type="text/plain")
+
+    assert set(reply.body) == {"error"}
+    assert set(reply.body["error"]) == {"code", "message"}
+    assert reply.headers["Content-Type"].startswith("application/json")
