@@ -10,6 +10,11 @@ Statuses: signed (committed, maybe sent) → broadcast (a node accepted it) →
 mined (its receipt is on the canonical chain); replaced (another attempt at
 its nonce was mined); dropped (no node has it and its nonce is free again);
 failed (mined and reverted).
+
+Besides the status (the tailer's settlement), each attempt carries what the
+submitter observed: ``error_kind``, the classified refusal of its last send
+(cleared when a node accepts it), and ``receipt_block``/``receipt_status``,
+a receipt the submitter saw. Observations never settle anything.
 """
 
 from __future__ import annotations
@@ -48,6 +53,14 @@ class Attempt:
     last_sent_at: datetime | None
     sent_block: int | None
     mined_block: int | None
+    error_kind: str | None = None
+    receipt_block: int | None = None
+    receipt_status: int | None = None
+
+    @property
+    def is_live(self) -> bool:
+        """Not settled: it may still be pending, or be sent again."""
+        return self.status in LIVE
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Attempt:
@@ -68,6 +81,9 @@ class Attempt:
             last_sent_at=row["last_sent_at"],
             sent_block=row["sent_block"],
             mined_block=row["mined_block"],
+            error_kind=row.get("error_kind"),
+            receipt_block=row.get("receipt_block"),
+            receipt_status=row.get("receipt_status"),
         )
 
 
@@ -87,7 +103,7 @@ async def record(
     max_priority_fee_wei: Wei,
     gas_limit: int,
 ) -> Attempt:
-    """Store a signed transaction before it is sent; must be in the caller's transaction."""
+    """Store a signed transaction before it is sent; run in the caller's transaction."""
     row = await connection.fetchrow(
         """
         INSERT INTO tx_attempts (intent_id, signer, nonce, tx_hash, raw_tx,
@@ -115,6 +131,7 @@ async def mark_sent(
         """
         UPDATE tx_attempts
            SET status = CASE WHEN status = 'signed' THEN 'broadcast' ELSE status END,
+               error_kind = NULL,
                broadcast_at = coalesce(broadcast_at, now()),
                last_sent_at = now(),
                sent_block = coalesce(sent_block, $2)
@@ -133,7 +150,8 @@ async def set_status(
     error: str | None = None,
 ) -> None:
     await connection.execute(
-        "UPDATE tx_attempts SET status = $2, error = coalesce($3, error) WHERE tx_hash = $1",
+        "UPDATE tx_attempts SET status = $2, error = coalesce($3, error) "
+        "WHERE tx_hash = $1",
         _hash_bytes(tx_hash),
         status,
         error,
@@ -203,3 +221,96 @@ async def unsettle(connection: asyncpg.Connection, intent_id: bytes) -> None:
         """,
         intent_id,
     )
+
+
+async def note_refusal(
+    connection: asyncpg.Connection, tx_hash: TxHash, *, kind: str, message: str
+) -> None:
+    """Record that a node refused the attempt's last send, and why (by kind)."""
+    await connection.execute(
+        "UPDATE tx_attempts SET error_kind = $2, error = $3 WHERE tx_hash = $1",
+        _hash_bytes(tx_hash),
+        kind,
+        f"{kind}: {message}"[:500],
+    )
+
+
+async def note_receipt(
+    connection: asyncpg.Connection, tx_hash: TxHash, *, block_number: int, status: int
+) -> None:
+    """Record a receipt the submitter saw (an observation, not a settlement)."""
+    await connection.execute(
+        "UPDATE tx_attempts SET receipt_block = $2, receipt_status = $3 "
+        "WHERE tx_hash = $1",
+        _hash_bytes(tx_hash),
+        block_number,
+        status,
+    )
+
+
+async def in_nonce_range(
+    connection: asyncpg.Connection, signer: str, low: int, high: int
+) -> list[Attempt]:
+    """Return the attempts of ``signer`` at nonces ``low <= n < high``, by nonce."""
+    rows = await connection.fetch(
+        "SELECT * FROM tx_attempts WHERE signer = $1 AND nonce >= $2 AND nonce < $3 "
+        "ORDER BY nonce, id",
+        signer,
+        low,
+        high,
+    )
+    return [Attempt.from_row(row) for row in rows]
+
+
+async def unresolved_below(
+    connection: asyncpg.Connection, signer: str, nonce: int, *, limit: int
+) -> list[Nonce]:
+    """Return nonces under ``nonce`` with live attempts and no receipt seen there.
+
+    These are the nonces the chain says are used where the submitter has not
+    yet seen which transaction used them, lowest first.
+    """
+    rows = await connection.fetch(
+        """
+        SELECT DISTINCT a.nonce FROM tx_attempts a
+         WHERE a.signer = $1 AND a.nonce < $2
+           AND a.status = ANY($3::text[]) AND a.receipt_block IS NULL
+           AND NOT EXISTS (
+               SELECT 1 FROM tx_attempts b
+                WHERE b.signer = a.signer AND b.nonce = a.nonce
+                  AND b.receipt_block IS NOT NULL)
+         ORDER BY a.nonce
+         LIMIT $4
+        """,
+        signer,
+        nonce,
+        list(LIVE),
+        limit,
+    )
+    return [Nonce(row["nonce"]) for row in rows]
+
+
+async def drop_live(
+    connection: asyncpg.Connection,
+    intent_id: bytes,
+    signer: str,
+    nonce: Nonce,
+    *,
+    reason: str,
+) -> int:
+    """Mark the intent's live attempts at (signer, nonce) dropped; return how many.
+
+    Used when the nonce was consumed by someone else's transaction: those
+    bytes can never be mined.
+    """
+    result = await connection.execute(
+        "UPDATE tx_attempts SET status = 'dropped', error = $4 "
+        "WHERE intent_id = $1 AND signer = $2 AND nonce = $3 "
+        "AND status = ANY($5::text[])",
+        intent_id,
+        signer,
+        nonce,
+        reason,
+        list(LIVE),
+    )
+    return int(result.split()[-1])

@@ -43,6 +43,10 @@ POOL_FULL = "pool_full"
 RANGE_TOO_LARGE = "range_too_large"
 RATE_LIMITED = "rate_limited"
 UNKNOWN = "unknown"
+# The offer is below the node's minimum tip (not a replacement question).
+UNDERPRICED = "underpriced"
+# The node's own cap on fee x gas (geth --rpc.txfeecap) refuses the offer.
+TX_FEE_TOO_HIGH = "tx_fee_too_high"
 
 # Wordings seen from geth, anvil/reth, erigon, nethermind, besu and common
 # providers (Alchemy, Infura, QuickNode, Ankr). Order matters: the first
@@ -54,12 +58,13 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
             ALREADY_KNOWN,
             r"already known|already imported|known transaction|"
             r"already in (the )?(tx)?pool|AlreadyKnown|"
-            r"transaction with (the )?same hash",
+            r"transaction with (the )?same hash|existing txn? with same hash",
         ),
         (
             REPLACEMENT_UNDERPRICED,
             r"replacement transaction underpriced|"
-            r"replacement fee too low|ReplacementNotAllowed",
+            r"replacement fee too low|ReplacementNotAllowed|"
+            r"could not replace existing tx",
         ),
         (
             NONCE_TOO_LOW,
@@ -69,38 +74,59 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         (
             NONCE_TOO_HIGH,
             r"nonce too high|nonce is too high|nonce gap|"
-            r"NonceGap|exceeds the maximum nonce",
+            r"NonceGap|exceeds the maximum nonce|NonceTooFarInFuture|"
+            r"too distant from current sender nonce",
         ),
         (
             INSUFFICIENT_FUNDS,
             r"insufficient funds|InsufficientFunds|"
-            r"insufficient balance|sender doesn't have enough funds",
+            r"insufficient balance|sender doesn't have enough funds|"
+            r"upfront cost exceeds account balance",
         ),
         (
             FEE_CAP_BELOW_BASE_FEE,
             r"max fee per gas less than block base fee|"
             r"fee cap less than block base fee|"
             r"FeeCapTooLow|feecap too low|"
-            r"maxFeePerGas.*below.*base ?fee",
+            r"maxFeePerGas.*below.*base ?fee|MaxFeePerGas too low|"
+            r"gas price below (the )?(current|block) base fee",
         ),
         (
             TIP_ABOVE_FEE_CAP,
             r"max priority fee per gas higher than max fee per gas|"
-            r"tip higher than fee cap|TipAboveFeeCap",
+            r"tip higher than fee cap|TipAboveFeeCap|"
+            r"max priority fee per gas exceeds max fee per gas",
+        ),
+        (
+            UNDERPRICED,
+            r"transaction underpriced|\bunderpriced\b|fee too low|"
+            r"FeeTooLow|gas price below (configured )?minimum|gas price too low",
         ),
         (
             INTRINSIC_GAS,
-            r"intrinsic gas too low|IntrinsicGasTooLow|"
-            r"gas too low|out of gas",
+            r"intrinsic gas too low|IntrinsicGasTooLow|\bIntrinsicGas\b|"
+            r"intrinsic gas exceeds gas limit|gas too low|out of gas",
         ),
-        (GAS_LIMIT, r"exceeds block gas limit|gas limit reached|GasLimitExceeded"),
+        (
+            GAS_LIMIT,
+            r"exceeds block gas limit|gas limit reached|GasLimitExceeded|"
+            r"intrinsic gas too high",
+        ),
+        (
+            TX_FEE_TOO_HIGH,
+            r"exceeds the configured cap|transaction fee cap exceeded",
+        ),
         (
             CHAIN_ID_MISMATCH,
             r"invalid chain ?id|chain ?id mismatch|"
-            r"incorrect chain ?id|invalid sender|"
-            r"only replay-protected",
+            r"incorrect chain ?id|invalid sender|wrong chain ?id|"
+            r"only replay-protected|chain ?id (not supported|is required)",
         ),
-        (POOL_FULL, r"txpool is full|transaction pool is full|pool limit"),
+        (
+            POOL_FULL,
+            r"txpool is full|transaction pool is full|pool limit|"
+            r"sub-pool is full|account limit exceeded",
+        ),
         (EXECUTION_REVERTED, r"execution reverted|revert"),
         (
             RANGE_TOO_LARGE,
@@ -108,7 +134,9 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
             r"query returned more than|response size|"
             r"too many (results|logs)|limit exceeded|"
             r"exceed(s|ed)? (max|maximum) (results|block)|"
-            r"log response size exceeded|query timeout",
+            r"log response size exceeded|query timeout|"
+            r"limited to an? [\d,]+k? (blocks? )?range|ranges? over \d+ blocks|"
+            r"too many blocks",
         ),
         (
             RATE_LIMITED,
@@ -192,20 +220,23 @@ class ChainClient:
         when no endpoint answers.
         """
         failures = []
+        last: RpcUnavailableError | None = None
         for _ in range(len(self.urls)):
             url = self.urls[0]
             try:
                 return await self._post(url, method, params)
             except RpcUnavailableError as exc:
                 failures.append(f"{url}: {exc}")
+                last = exc
                 if len(self.urls) > 1:
                     self.urls.append(self.urls.pop(0))
                     logger.warning(
                         "rpc endpoint failed, trying the next", method=method
                     )
+        # Chained to the last failure, so callers can tell a timeout apart.
         raise RpcUnavailableError(
             f"{method}: no endpoint answered ({'; '.join(failures)})"
-        )
+        ) from last
 
     async def _post(self, url: str, method: str, params: Sequence[Any]) -> Any:
         payload = {
@@ -335,12 +366,19 @@ class ChainClient:
         return Wei(from_hex(await self.call("eth_getBalance", [address, block])))
 
     async def eth_call(
-        self, to: str, data: bytes, block: str | int = "latest"
+        self,
+        to: str,
+        data: bytes,
+        block: str | int = "latest",
+        *,
+        sender: str | None = None,
     ) -> bytes:
+        """Run a call without a transaction; ``sender`` replays one as its signer."""
         tag = to_hex(block) if isinstance(block, int) else block
-        result = await self.call(
-            "eth_call", [{"to": to, "data": "0x" + data.hex()}, tag]
-        )
+        call: dict[str, Any] = {"to": to, "data": "0x" + data.hex()}
+        if sender is not None:
+            call["from"] = sender
+        result = await self.call("eth_call", [call, tag])
         return bytes.fromhex(result[2:])
 
     async def estimate_gas(self, tx: dict[str, Any]) -> int:

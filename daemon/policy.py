@@ -1,0 +1,191 @@
+"""The signing policy: what the hot wallet may sign, and how much per day.
+
+Owns ``policy_spend`` and ``policy_approvals``. Two kinds of rule:
+
+* every signature (:meth:`Policy.check_transaction`, run by custody.sign):
+  a type-2 call of ``mintReward`` carrying exactly the intent's wallet,
+  amount and id, to the configured HNV contract on the configured chain,
+  with no value and a fee cap within ``HAVEN_MAX_FEE_WEI``;
+* every new intent (:meth:`Policy.hold_reason`): within the per-intent cap
+  and, summed over the last 24 hours of first signatures, the per-partner
+  and global daily caps. An intent over a cap is held for an operator
+  (status ``approval``), never signed; :func:`approve` releases it.
+
+Daily sums are serialised by a transaction-level advisory lock so that two
+workers can never both fit under the same remaining allowance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from haven import intents, token
+from haven.errors import PolicyViolationError
+from haven.intents import Intent
+from haven.settings import Settings
+from haven.types import ONE_HNV, ChecksumAddress, Wei, checksum, format_hnv
+
+# Arbitrary but fixed: the advisory lock key of the daily caps ("HAVENCAP").
+LOCK_KEY = 0x484156454E434150
+WINDOW = "24 hours"
+PER_INTENT_CAP_WEI = Wei(10_000 * ONE_HNV)
+PARTNER_DAILY_CAP_WEI = Wei(1_000_000 * ONE_HNV)
+GLOBAL_DAILY_CAP_WEI = Wei(5_000_000 * ONE_HNV)
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Spending caps in HNV base units."""
+
+    per_intent_wei: Wei = PER_INTENT_CAP_WEI
+    partner_daily_wei: Wei = PARTNER_DAILY_CAP_WEI
+    global_daily_wei: Wei = GLOBAL_DAILY_CAP_WEI
+
+
+class Policy:
+    """The rules every signature and every new intent must pass."""
+
+    def __init__(
+        self,
+        *,
+        token_address: ChecksumAddress,
+        chain_id: int,
+        max_fee_wei: int,
+        caps: Caps | None = None,
+    ) -> None:
+        self.token_address = checksum(token_address)
+        self.chain_id = chain_id
+        self.max_fee_wei = max_fee_wei
+        self.caps = caps or Caps()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, caps: Caps | None = None) -> Policy:
+        return cls(
+            token_address=settings.require_token(),
+            chain_id=settings.chain_id,
+            max_fee_wei=settings.max_fee_wei,
+            caps=caps,
+        )
+
+    def check_transaction(self, tx: Mapping[str, Any], intent: Intent) -> None:
+        """Raise PolicyViolationError unless ``tx`` is exactly ``intent``'s mint."""
+        problem = self._problem(tx, intent)
+        if problem is not None:
+            raise PolicyViolationError(f"refusing to sign: {problem}")
+
+    def _problem(self, tx: Mapping[str, Any], intent: Intent) -> str | None:
+        if tx.get("type") != 2:
+            return f"transaction type {tx.get('type')!r}, expected 2 (EIP-1559)"
+        if tx.get("chainId") != self.chain_id:
+            return f"chain id {tx.get('chainId')!r}, expected {self.chain_id}"
+        to = tx.get("to")
+        if not isinstance(to, str) or to.lower() != self.token_address.lower():
+            return f"recipient {to!r}, expected the HNV contract {self.token_address}"
+        if tx.get("value", 0) != 0:
+            return f"value {tx.get('value')!r}, expected 0"
+        expected = token.mint_reward_data(intent.wallet, intent.amount_wei, intent.id)
+        if bytes(tx.get("data", b"")) != expected:
+            return "call data is not mintReward of this intent's wallet, amount and id"
+        max_fee = int(tx.get("maxFeePerGas", 0))
+        if max_fee > self.max_fee_wei:
+            return f"fee cap {max_fee} wei above HAVEN_MAX_FEE_WEI={self.max_fee_wei}"
+        if int(tx.get("maxPriorityFeePerGas", 0)) > max_fee:
+            return "tip above the fee cap"
+        return None
+
+    async def hold_reason(self, conn: asyncpg.Connection, intent: Intent) -> str | None:
+        """Return why ``intent`` must wait for approval, or None to sign it.
+
+        Must run in the transaction that signs it, which then calls
+        :meth:`record_spend`: the advisory lock taken here lasts until commit.
+        """
+        if await _is_approved(conn, intent.id):
+            return None
+        amount = intent.amount_wei
+        if amount > self.caps.per_intent_wei:
+            return _over("per-intent", amount, self.caps.per_intent_wei)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+        partner_spent = await _spent(conn, intent.partner)
+        if partner_spent + amount > self.caps.partner_daily_wei:
+            return _over(
+                f"{intent.partner} daily",
+                amount,
+                self.caps.partner_daily_wei,
+                partner_spent,
+            )
+        total_spent = await _spent(conn, None)
+        if total_spent + amount > self.caps.global_daily_wei:
+            return _over(
+                "global daily", amount, self.caps.global_daily_wei, total_spent
+            )
+        return None
+
+    async def record_spend(self, conn: asyncpg.Connection, intent: Intent) -> None:
+        """Count ``intent`` against the daily caps (once, at its first signature)."""
+        await conn.execute(
+            "INSERT INTO policy_spend (intent_id, partner, amount_wei) "
+            "VALUES ($1, $2, $3) ON CONFLICT (intent_id) DO NOTHING",
+            intent.id,
+            intent.partner,
+            intent.amount_wei,
+        )
+
+
+def _over(cap: str, amount: int, limit: int, spent: int = 0) -> str:
+    return (
+        f"{format_hnv(amount)} HNV over the {cap} cap of {format_hnv(limit)} HNV "
+        f"({format_hnv(spent)} HNV already signed in the last 24 hours)"
+    )
+
+
+async def _spent(conn: asyncpg.Connection, partner: str | None) -> int:
+    total = await conn.fetchval(
+        "SELECT coalesce(sum(amount_wei), 0) FROM policy_spend "
+        f"WHERE signed_at > now() - interval '{WINDOW}' "
+        "AND ($1::text IS NULL OR partner = $1)",
+        partner,
+    )
+    return int(total)
+
+
+async def _is_approved(conn: asyncpg.Connection, intent_id: bytes) -> bool:
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM policy_approvals WHERE intent_id = $1)",
+        intent_id,
+    )
+    return found
+
+
+async def approve(
+    conn: asyncpg.Connection,
+    intent_id: bytes,
+    *,
+    operator: str,
+    note: str | None = None,
+) -> Intent | None:
+    """Release an intent held for approval: record who approved it, make it ready.
+
+    Returns the intent, or None when it was not waiting for approval.
+    Idempotent for the approval row; must run in one transaction.
+    """
+    moved = await intents.transition(
+        conn,
+        intent_id,
+        from_statuses=(intents.APPROVAL,),
+        to_status=intents.READY,
+        reason=f"approved by {operator}",
+    )
+    if moved is None:
+        return None
+    await conn.execute(
+        "INSERT INTO policy_approvals (intent_id, approved_by, note) "
+        "VALUES ($1, $2, $3) ON CONFLICT (intent_id) DO NOTHING",
+        intent_id,
+        operator,
+        note,
+    )
+    return moved

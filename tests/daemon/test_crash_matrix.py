@@ -1,0 +1,133 @@
+"""The crash matrix: the submitter killed with SIGKILL at each step of the send path.
+
+The submitter runs as a subprocess (tests/harness/submitter_runner.py) and
+kills itself at an armed crash point (``HAVENTEST_CRASH_AT=<point>:<n>``, on
+the n-th time it gets there, n drawn from a seeded generator). After every
+crash a new process picks up where the dead one left. At the end every
+intent must be minted exactly once on chain, the signer's nonce must have no
+gap, and the database must agree with the chain.
+
+The test command runs a small batch (40 intents, one crash per point);
+``HAVENTEST_FULL=1`` (``make test-full``) runs 200 intents and five crashes
+per point. ``HAVENTEST_SEED`` replays a run; the seed is printed on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import chainsetup
+from harness.minting import Rig, wait_for
+from harness.rpcproxy import running_proxy
+from haven.daemon.submitter import CRASH_ENV
+
+FULL = os.environ.get("HAVENTEST_FULL") == "1"
+INTENTS = 200 if FULL else 40
+CRASHES_PER_POINT = 5 if FULL else 1
+POINTS = ("after_allocate", "after_commit", "after_send", "after_receipt")
+
+pytestmark = pytest.mark.timeout(1500 if FULL else 180)
+
+
+async def exit_code(
+    process: subprocess.Popen[bytes], *, timeout_s: float
+) -> int | None:
+    """Return the process's exit code once it exits; None (and kill it) on timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while process.poll() is None:
+        if loop.time() > deadline:
+            process.kill()
+            process.wait()
+            return None
+        # Popen offers no awaitable exit; poll it.
+        await asyncio.sleep(0.05)
+    return process.returncode
+
+
+async def stop(process: subprocess.Popen[bytes]) -> int | None:
+    process.send_signal(signal.SIGTERM)
+    return await exit_code(process, timeout_s=30)
+
+
+async def receipts_recorded(rig: Rig) -> bool:
+    """Every mint's transaction carries the receipt the submitter saw, in the DB."""
+    for mint in await chainsetup.mints(rig.node, rig.token, rig.deploy_block):
+        seen = {a.tx_hash: a for a in await rig.attempts_of(mint.intent_id)}
+        attempt = seen.get(mint.tx_hash)
+        if attempt is None or attempt.receipt_block != mint.block_number:
+            return False
+    return True
+
+
+async def test_killed_at_every_step_each_intent_is_minted_exactly_once(
+    rig: Rig, tmp_path: Path
+):
+    seed = int(os.environ.get("HAVENTEST_SEED") or random.randrange(2**32))
+    print(f"crash matrix: seed {seed}, {INTENTS} intents, log {tmp_path}")
+    rng = random.Random(seed)
+    ids = await rig.add_intents(INTENTS)
+    log = tmp_path / "submitter.log"
+    schedule = [point for point in POINTS for _ in range(CRASHES_PER_POINT)]
+    rng.shuffle(schedule)
+
+    for point in schedule:
+        armed = f"{point}:{rng.randint(1, 4)}"
+        process = rig.spawn(log, **{CRASH_ENV: armed})
+        code = await exit_code(process, timeout_s=60)
+        assert code == -signal.SIGKILL, f"{armed} never reached (seed {seed})"
+
+    final = rig.spawn(log)
+    try:
+        await rig.wait_minted(ids, timeout_s=120)
+        await wait_for(lambda: receipts_recorded(rig), what="receipts recorded")
+    finally:
+        assert await stop(final) == 0, f"clean stop failed (seed {seed})"
+
+    await rig.assert_paid_once(ids)
+    for intent_id in ids:
+        assert len(await rig.attempts_of(intent_id)) == 1, f"seed {seed}"
+
+
+async def test_killed_between_a_bump_and_its_send_the_bump_is_superseded_not_lost(
+    rig: Rig, tmp_path: Path
+):
+    every = 3  # the default HAVEN_STUCK_AFTER_BLOCKS
+    (intent_id,) = await rig.add_intents(1)
+    log = tmp_path / "submitter.log"
+    async with running_proxy(rig.node.url, replacement_rule=True) as proxy:
+        proxy.hold_sends = True
+        process = rig.spawn(log, rpc_url=proxy.url, **{CRASH_ENV: "after_bump"})
+        await wait_for(lambda: attempts_at_least(rig, intent_id, 1), what="a send")
+        await rig.node.mine(every)
+        assert await exit_code(process, timeout_s=60) == -signal.SIGKILL
+        orphan = (await rig.attempts_of(intent_id))[-1]
+
+        final = rig.spawn(log, rpc_url=proxy.url)
+        try:
+            await rig.node.mine(every)
+            await wait_for(lambda: attempts_at_least(rig, intent_id, 3), what="rebump")
+            await proxy.release_held()
+            await rig.wait_minted([intent_id])
+        finally:
+            assert await stop(final) == 0
+
+    tried = await rig.attempts_of(intent_id)
+    assert orphan.sent_block is None and orphan.tx_hash in {a.tx_hash for a in tried}
+    assert orphan.tx_hash not in {s.tx.tx_hash for s in proxy.sends}
+    assert proxy.refused() == []
+    (mint,) = await chainsetup.mints(rig.node, rig.token, rig.deploy_block)
+    mined = next(a for a in tried if a.tx_hash == mint.tx_hash)
+    assert mined.id > orphan.id
+    assert mined.max_fee_wei * 8 >= orphan.max_fee_wei * 9
+
+
+async def attempts_at_least(rig: Rig, intent_id: bytes, count: int) -> bool:
+    return len(await rig.attempts_of(intent_id)) >= count

@@ -1,0 +1,108 @@
+"""``haven wallet``: create, import, list, rotate (without stopping minting), revoke."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pytest
+from cryptography.fernet import Fernet
+from eth_account import Account
+
+from harness import chainsetup
+from harness.anvil import DEV_KEYS
+from harness.minting import Rig, wait_for
+from haven.daemon import custody, signers, wallets
+from haven.errors import CustodyError
+from haven.types import checksum
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="haven wallet")
+    wallets.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+async def statuses(rig: Rig) -> dict[str, str]:
+    async with rig.pool.acquire() as conn:
+        rows = await signers.listing(conn)
+    return {row.address: row.status for row in rows}
+
+
+async def test_create_and_list_show_a_new_active_signer(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+):
+    assert await wallets.command(rig.settings(), parse("create")) == 0
+    created = checksum(capsys.readouterr().out.strip())
+
+    assert await wallets.command(rig.settings(), parse("list")) == 0
+    listed = capsys.readouterr().out
+
+    assert (await statuses(rig))[created] == signers.ACTIVE
+    assert created in listed and "active" in listed
+
+
+async def test_import_reads_the_key_from_stdin_and_adopts_the_chain_nonce(
+    rig: Rig, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    key = DEV_KEYS[3]
+    address = checksum(Account.from_key(key).address)
+    for _ in range(2):
+        await chainsetup.transact(rig.node, key, to=address, gas=21_000)
+    monkeypatch.setattr("sys.stdin", io.StringIO(key + "\n"))
+
+    assert await wallets.command(rig.settings(), parse("import")) == 0
+
+    out = capsys.readouterr()
+    assert out.out.strip() == address
+    assert key[2:] not in out.out + out.err
+    assert await rig.next_nonce(address) == 2
+
+
+async def test_rotation_keeps_minting_and_retires_the_old_signer_for_good(rig: Rig):
+    old = rig.signer
+    assert old is not None
+    first = await rig.add_intents(6)
+    async with rig.running(rig.submitter()):
+        await wait_for(lambda: rig.all_minted(first[:2]), what="minting under way")
+        args = parse("rotate", "--fund-wei", str(10**18), "--wait-s", "60")
+        assert await wallets.command(rig.settings(), args) == 0
+        later = await rig.add_intents(4)
+        await rig.wait_minted(first + later)
+
+    now = await statuses(rig)
+    (new,) = [address for address in now if address != old]
+    assert now == {old: signers.REVOKED, new: signers.ACTIVE}
+    assert not await chainsetup.has_minter_role(rig.node, rig.token, old)
+    assert await chainsetup.has_minter_role(rig.node, rig.token, new)
+    mints = await chainsetup.mints(rig.node, rig.token, rig.deploy_block)
+    assert sorted(m.intent_id for m in mints) == sorted(first + later)
+    assert {m.minter for m in mints if m.intent_id in later} == {new}
+    async with rig.pool.acquire() as conn:
+        actions = [(e.signer, e.action) for e in await custody.audit_trail(conn)]
+    assert (old, custody.ROTATE) in actions
+    assert (new, custody.GRANT) in actions
+    assert (old, custody.REVOKE) in actions
+
+
+async def test_revoking_an_unknown_signer_is_refused(rig: Rig):
+    stranger = checksum(Account.create().address)
+
+    with pytest.raises(CustodyError, match="no signer"):
+        await wallets.command(rig.settings(), parse("revoke", stranger))
+
+
+async def test_rekey_re_encrypts_under_the_first_master_key(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+):
+    fresh = Fernet.generate_key().decode()
+    both = rig.settings(master_key=f"{fresh},{rig.master_key}")
+
+    assert await wallets.command(both, parse("rekey")) == 0
+
+    only_new = rig.settings(master_key=fresh)
+    signer = await custody.load_signer(rig.pool, only_new, rig.signer or "")
+    assert signer.address == rig.signer
+    assert "re-encrypted 1" in capsys.readouterr().out
