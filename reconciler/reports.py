@@ -1,0 +1,727 @@
+"""Reconciliation reports: one stable shape, rendered as table, JSON, CSV or HTML.
+
+A report is a reconciliation run plus what operators ask of it: totals per
+status and per partner (gross, reversed, net), the breaks by class and
+priority with their age, what was still unreconciled at the cut, stuck
+transactions with their attempts, and a day-by-day series. The JSON and CSV
+forms are documented field by field in ``docs/reports.md``; amounts there
+are integer strings in base units next to a ``decimals`` field, and
+:func:`haven.types.format_hnv` renders them for people in table and HTML.
+
+Without ``as_of`` a report reconciles now and stores the run like any other
+(its breaks age from it); with ``as_of`` it recomputes the books at that past
+moment and writes nothing. ``from``/``to`` narrow the per-status, per-partner
+and series sections to intents created in [from, to); the verdict, totals,
+breaks and unreconciled list always cover the whole book, since a slice of
+it cannot prove the books balance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from haven import db, intents, migrations
+from haven.chain import ChainClient
+from haven.errors import RpcUnavailableError
+from haven.reconciler import breaks, page, runs
+from haven.reconciler import evidence as ev
+from haven.reconciler.breaks import Break
+from haven.reconciler.config import ReconcilerConfig
+from haven.reconciler.runs import Run
+from haven.reconciler.snapshot import AttemptAt, IntentAt, Snapshot
+from haven.settings import Settings
+from haven.types import HNV_DECIMALS, format_hnv, intent_id_hex
+
+SCHEMA = "haven.report/1"
+FORMATS = ("table", "json", "csv", "html")
+CSV_COLUMNS = (
+    "section",
+    "name",
+    "partner",
+    "status",
+    "class",
+    "priority",
+    "subject",
+    "count",
+    "amount_wei",
+    "reversed_wei",
+    "net_wei",
+    "decimals",
+    "first_seen_at",
+    "age_s",
+    "age_bucket",
+    "value",
+)
+EXIT_RECONCILED = 0
+EXIT_NOT_RECONCILED = 1
+# 2 is the CLI's own exit code for invalid settings.
+EXIT_INCOMPLETE = 3
+SERIES_DAYS = 30
+MAX_SERIES_DAYS = 366
+# Rows shown per list in table and HTML; JSON and CSV hold them all.
+SHOWN_ROWS = 50
+
+
+@dataclass(frozen=True)
+class Report:
+    """A built report: its verdict and the JSON-ready data every format renders."""
+
+    verdict: str
+    data: dict[str, Any]
+    run_id: int | None = None
+
+
+def exit_code(verdict: str) -> int:
+    """Return the ``haven report`` exit code of a verdict."""
+    if verdict == runs.RECONCILED:
+        return EXIT_RECONCILED
+    if verdict == runs.INCOMPLETE:
+        return EXIT_INCOMPLETE
+    return EXIT_NOT_RECONCILED
+
+
+# --- building --------------------------------------------------------------
+
+
+async def build(
+    pool: asyncpg.Pool,
+    chain: ChainClient | None,
+    settings: Settings,
+    *,
+    from_: datetime | None = None,
+    to: datetime | None = None,
+    as_of: datetime | None = None,
+    config: ReconcilerConfig | None = None,
+) -> Report:
+    """Reconcile (now, or as of ``as_of``) and assemble the report.
+
+    Raises ValueError for an empty window or an ``as_of`` in the future, and
+    DatabaseUnavailableError when PostgreSQL is down; an unreachable chain
+    gives an ``incomplete`` report instead of an error.
+    """
+    config = config or ReconcilerConfig.from_settings(settings)
+    if from_ is not None and to is not None and from_ >= to:
+        raise ValueError(f"from {from_.isoformat()} must be before to {to.isoformat()}")
+    if as_of is None:
+        run = await runs.execute(pool, chain, config, trigger="report", scan_logs=True)
+    else:
+        cut = await runs.choose_cut(pool, chain, config, at=as_of)
+        run = await runs.compute(pool, chain, config, cut, scan_logs=True)
+
+    async with db.translate_errors(), pool.acquire() as connection:
+        seen = await breaks.first_seen(connection, [b.key for b in run.found])
+        last_known = [] if run.matching else await breaks.open_breaks(connection)
+    data = _assemble(run, config, seen, last_known, (from_, to, as_of))
+    return Report(verdict=run.verdict, data=data, run_id=run.id)
+
+
+Window = tuple[datetime | None, datetime | None, datetime | None]
+
+
+def _assemble(
+    run: Run,
+    config: ReconcilerConfig,
+    seen: dict[tuple[str, str], datetime],
+    last_known: list[breaks.StoredBreak],
+    window: Window,
+) -> dict[str, Any]:
+    snap = run.snapshot
+    from_, to, as_of = window
+    chosen = [i for i in snap.intents if _in_window(i.created_at, from_, to)]
+    listed = _break_rows(run, seen, last_known)
+    return {
+        "schema": SCHEMA,
+        "verdict": run.verdict,
+        "reasons": list(run.reasons),
+        "cut": {
+            "at": ev.timestamp(snap.cut.at),
+            "block_number": snap.cut.block_number,
+            "block_hash": snap.cut.block_hash,
+        },
+        "window": {
+            "from": ev.timestamp(from_),
+            "to": ev.timestamp(to),
+            "as_of": ev.timestamp(as_of),
+        },
+        "token": snap.token_address,
+        "decimals": HNV_DECIMALS,
+        "totals": runs.totals(snap, run.matching),
+        "by_status": _by_status(chosen),
+        "by_partner": _by_partner(chosen),
+        "breaks_source": "run" if run.matching is not None else "last_known",
+        "breaks": listed,
+        "breaks_by_class": _aging(listed),
+        "unreconciled": _unreconciled(snap),
+        "stuck": _stuck(snap, config),
+        "series": _series(snap, listed, from_, to),
+    }
+
+
+def _in_window(at: datetime, from_: datetime | None, to: datetime | None) -> bool:
+    return (from_ is None or at >= from_) and (to is None or at < to)
+
+
+def _sums(group: list[IntentAt]) -> dict[str, Any]:
+    gross = sum(i.amount_wei for i in group)
+    reversed_ = sum(i.amount_wei for i in group if i.reversed_at is not None)
+    return {
+        "count": len(group),
+        "amount_wei": str(gross),
+        "reversed_wei": str(reversed_),
+        "net_wei": str(gross - reversed_),
+    }
+
+
+def _by_status(chosen: list[IntentAt]) -> list[dict[str, Any]]:
+    return [
+        {"status": status, **_sums([i for i in chosen if i.status == status])}
+        for status in intents.STATUSES
+    ]
+
+
+def _by_partner(chosen: list[IntentAt]) -> list[dict[str, Any]]:
+    groups: dict[str, list[IntentAt]] = defaultdict(list)
+    for intent in chosen:
+        groups[intent.partner].append(intent)
+    rows = []
+    for partner, group in sorted(groups.items()):
+        statuses = [
+            {"status": status, **_sums([i for i in group if i.status == status])}
+            for status in intents.STATUSES
+            if any(i.status == status for i in group)
+        ]
+        rows.append({"partner": partner, **_sums(group), "by_status": statuses})
+    return rows
+
+
+def _break_rows(
+    run: Run,
+    seen: dict[tuple[str, str], datetime],
+    last_known: list[breaks.StoredBreak],
+) -> list[dict[str, Any]]:
+    at = run.cut.at
+    if run.matching is None:
+        found = [
+            (
+                Break(s.cls, s.subject, s.evidence, s.accepted_at is not None),
+                s.first_seen_at,
+            )
+            for s in last_known
+        ]
+    else:
+        found = [(b, min(seen.get(b.key, at), at)) for b in run.found]
+    rows = []
+    for brk, first in found:
+        age_s = max(int((at - first).total_seconds()), 0)
+        rows.append(
+            {
+                **brk.to_json(),
+                "first_seen_at": ev.timestamp(first),
+                "age_s": age_s,
+                "age_bucket": breaks.age_bucket(age_s),
+            }
+        )
+    return rows
+
+
+def _aging(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for cls in breaks.CLASSES:
+        mine = [row for row in listed if row["class"] == cls]
+        buckets = {label: 0 for label, _, _ in breaks.AGE_BUCKETS}
+        for row in mine:
+            buckets[row["age_bucket"]] += 1
+        rows.append(
+            {
+                "class": cls,
+                "priority": breaks.PRIORITY[cls],
+                "count": len(mine),
+                "oldest_age_s": max((row["age_s"] for row in mine), default=None),
+                "buckets": buckets,
+            }
+        )
+    return rows
+
+
+def _unreconciled(snap: Snapshot) -> list[dict[str, Any]]:
+    at = snap.cut.at
+    waiting = sorted(
+        (i for i in snap.intents if i.is_outstanding or i.id in snap.later_mint_ids),
+        key=lambda i: (i.status_since, i.id),
+    )
+    return [
+        {
+            "intent_id": intent_id_hex(i.id),
+            "partner": i.partner,
+            "status": i.status,
+            "amount_wei": str(i.amount_wei),
+            "since": ev.timestamp(i.status_since),
+            "age_s": max(int((at - i.status_since).total_seconds()), 0),
+        }
+        for i in waiting
+    ]
+
+
+def _stuck(snap: Snapshot, config: ReconcilerConfig) -> list[dict[str, Any]]:
+    minted = {m.intent_id for m in snap.mints}
+    by_intent: dict[bytes, list[AttemptAt]] = defaultdict(list)
+    for attempt in snap.attempts:
+        by_intent[attempt.intent_id].append(attempt)
+    rows = []
+    for intent in snap.intents:
+        if intent.status != intents.SUBMITTED or intent.id in minted:
+            continue
+        tried = by_intent.get(intent.id, [])
+        waited = _blocks_waiting(snap, tried)
+        overdue = intent.status_since + timedelta(
+            seconds=config.missing_on_chain_grace_s
+        )
+        if not (
+            (waited is not None and waited >= config.stuck_after_blocks)
+            or overdue <= snap.cut.at
+        ):
+            continue
+        rows.append(
+            {
+                "intent_id": intent_id_hex(intent.id),
+                "partner": intent.partner,
+                "amount_wei": str(intent.amount_wei),
+                "submitted_at": ev.timestamp(intent.status_since),
+                "blocks_waiting": waited,
+                "attempts": [_attempt_json(a) for a in tried],
+            }
+        )
+    return rows
+
+
+def _blocks_waiting(snap: Snapshot, tried: list[AttemptAt]) -> int | None:
+    sent = [a.sent_block for a in tried if a.sent_block is not None]
+    if not sent or snap.cut.block_number is None:
+        return None
+    return max(snap.cut.block_number - min(sent), 0)
+
+
+def _attempt_json(attempt: AttemptAt) -> dict[str, Any]:
+    return {
+        "tx_hash": ev.hex_bytes(attempt.tx_hash),
+        "signer": attempt.signer,
+        "nonce": attempt.nonce,
+        "status": attempt.status,
+        "max_fee_wei": str(attempt.max_fee_wei),
+        "max_priority_fee_wei": str(attempt.max_priority_fee_wei),
+        "sent_block": attempt.sent_block,
+        "created_at": ev.timestamp(attempt.created_at),
+    }
+
+
+def _series(
+    snap: Snapshot,
+    listed: list[dict[str, Any]],
+    from_: datetime | None,
+    to: datetime | None,
+) -> list[dict[str, Any]]:
+    last = ((to - timedelta(microseconds=1)) if to else snap.cut.at).astimezone(UTC)
+    if from_ is not None:
+        first = from_.astimezone(UTC).date()
+    else:
+        first = last.date() - timedelta(days=SERIES_DAYS - 1)
+    first = max(first, last.date() - timedelta(days=MAX_SERIES_DAYS - 1))
+    days = [first + timedelta(days=n) for n in range((last.date() - first).days + 1)]
+    created: dict[date, list[IntentAt]] = defaultdict(list)
+    for intent in snap.intents:
+        created[intent.created_at.astimezone(UTC).date()].append(intent)
+    opened: dict[date, int] = defaultdict(int)
+    for row in listed:
+        opened[datetime.fromisoformat(row["first_seen_at"]).date()] += 1
+    return [
+        {
+            "day": day.isoformat(),
+            "intents": len(created[day]),
+            "amount_wei": str(sum(i.amount_wei for i in created[day])),
+            "breaks": opened[day],
+        }
+        for day in days
+    ]
+
+
+# --- rendering -------------------------------------------------------------
+
+
+def render(report: Report, fmt: str) -> str:
+    """Render ``report`` as ``table``, ``json``, ``csv`` or ``html``."""
+    if fmt == "json":
+        return (ev.dumps(report.data, indent=True) + b"\n").decode()
+    if fmt == "csv":
+        return render_csv(report.data)
+    if fmt == "table":
+        return render_table(report.data)
+    if fmt == "html":
+        return page.render(report.data)
+    raise ValueError(f"unknown report format {fmt!r}; expected one of {FORMATS}")
+
+
+def render_csv(data: dict[str, Any]) -> str:
+    """Render the report as CSV rows in the documented column order."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in csv_rows(data):
+        writer.writerow({column: _cell(row.get(column)) for column in CSV_COLUMNS})
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return ev.dumps(value).decode()
+    return str(value)
+
+
+def csv_rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Yield the report as flat rows, section by section."""
+    yield from _summary_rows(data)
+    for name, value in data["totals"].items():
+        yield {
+            "section": "total",
+            "name": name.removesuffix("_wei"),
+            "amount_wei": value,
+            "decimals": data["decimals"],
+        }
+    for row in data["by_status"]:
+        yield {"section": "status", **_amounts(row, data), "status": row["status"]}
+    for row in data["by_partner"]:
+        yield {"section": "partner", **_amounts(row, data), "partner": row["partner"]}
+        for sub in row["by_status"]:
+            yield {
+                "section": "partner_status",
+                **_amounts(sub, data),
+                "partner": row["partner"],
+                "status": sub["status"],
+            }
+    yield from _break_csv_rows(data)
+    yield from _work_rows(data)
+
+
+def _summary_rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    cut, window = data["cut"], data["window"]
+    pairs = [
+        ("schema", data["schema"]),
+        ("verdict", data["verdict"]),
+        ("cut_at", cut["at"]),
+        ("cut_block", cut["block_number"]),
+        ("cut_block_hash", cut["block_hash"]),
+        ("token", data["token"]),
+        ("from", window["from"]),
+        ("to", window["to"]),
+        ("as_of", window["as_of"]),
+        ("breaks_source", data["breaks_source"]),
+    ]
+    pairs += [("reason", reason) for reason in data["reasons"]]
+    for name, value in pairs:
+        yield {"section": "summary", "name": name, "value": value}
+
+
+def _amounts(row: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "count": row["count"],
+        "amount_wei": row["amount_wei"],
+        "reversed_wei": row["reversed_wei"],
+        "net_wei": row["net_wei"],
+        "decimals": data["decimals"],
+    }
+
+
+def _break_csv_rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for row in data["breaks"]:
+        yield {
+            "section": "break",
+            "class": row["class"],
+            "priority": row["priority"],
+            "subject": row["subject"],
+            "status": "accepted" if row["accepted"] else "open",
+            "first_seen_at": row["first_seen_at"],
+            "age_s": row["age_s"],
+            "age_bucket": row["age_bucket"],
+            "value": row["evidence"],
+        }
+    for row in data["breaks_by_class"]:
+        for label, count in row["buckets"].items():
+            yield {
+                "section": "aging",
+                "class": row["class"],
+                "priority": row["priority"],
+                "age_bucket": label,
+                "count": count,
+            }
+
+
+def _work_rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for row in data["unreconciled"]:
+        yield {
+            "section": "unreconciled",
+            "subject": row["intent_id"],
+            "partner": row["partner"],
+            "status": row["status"],
+            "amount_wei": row["amount_wei"],
+            "decimals": data["decimals"],
+            "first_seen_at": row["since"],
+            "age_s": row["age_s"],
+        }
+    for row in data["stuck"]:
+        yield {
+            "section": "stuck",
+            "subject": row["intent_id"],
+            "partner": row["partner"],
+            "amount_wei": row["amount_wei"],
+            "decimals": data["decimals"],
+            "first_seen_at": row["submitted_at"],
+            "count": len(row["attempts"]),
+            "value": row["blocks_waiting"],
+        }
+        for attempt in row["attempts"]:
+            yield {
+                "section": "attempt",
+                "subject": row["intent_id"],
+                "name": attempt["tx_hash"],
+                "status": attempt["status"],
+                "value": attempt,
+            }
+    for row in data["series"]:
+        yield {
+            "section": "series",
+            "name": row["day"],
+            "count": row["intents"],
+            "amount_wei": row["amount_wei"],
+            "decimals": data["decimals"],
+            "value": row["breaks"],
+        }
+
+
+def hnv(amount_wei: str | None) -> str:
+    """Render an integer string of wei as HNV for people ('-' when unknown)."""
+    return "-" if amount_wei is None else f"{format_hnv(int(amount_wei))} HNV"
+
+
+def render_table(data: dict[str, Any]) -> str:
+    """Render the report as aligned plain text for a terminal."""
+    cut = data["cut"]
+    lines = [
+        f"verdict: {data['verdict']}",
+        f"cut:     {cut['at']} at block {cut['block_number']}",
+        f"token:   {data['token']}",
+    ]
+    lines += [f"reason:  {reason}" for reason in data["reasons"]]
+    lines += ["", *_table(["total", "amount"], _total_cells(data["totals"]))]
+    lines += [
+        "",
+        *_table(["status", "count", "gross", "reversed", "net"], _status_cells(data)),
+    ]
+    lines += [
+        "",
+        *_table(["partner", "count", "gross", "reversed", "net"], _partner_cells(data)),
+    ]
+    lines += [
+        "",
+        *_table(["class", "priority", "open", *_bucket_labels()], _aging_cells(data)),
+    ]
+    lines += [
+        "",
+        *_table(
+            ["break", "priority", "subject", "age", "accepted"], _break_cells(data)
+        ),
+    ]
+    lines += [
+        "",
+        *_table(
+            ["unreconciled", "partner", "status", "amount", "since"],
+            _waiting_cells(data),
+        ),
+    ]
+    lines += [
+        "",
+        *_table(["stuck", "amount", "blocks", "attempts"], _stuck_cells(data)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _bucket_labels() -> list[str]:
+    return [label for label, _, _ in breaks.AGE_BUCKETS]
+
+
+def _total_cells(totals: dict[str, str | None]) -> list[list[str]]:
+    return [[name.removesuffix("_wei"), hnv(value)] for name, value in totals.items()]
+
+
+def _status_cells(data: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            r["status"],
+            str(r["count"]),
+            hnv(r["amount_wei"]),
+            hnv(r["reversed_wei"]),
+            hnv(r["net_wei"]),
+        ]
+        for r in data["by_status"]
+    ]
+
+
+def _partner_cells(data: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            r["partner"],
+            str(r["count"]),
+            hnv(r["amount_wei"]),
+            hnv(r["reversed_wei"]),
+            hnv(r["net_wei"]),
+        ]
+        for r in data["by_partner"]
+    ]
+
+
+def _aging_cells(data: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            r["class"],
+            r["priority"],
+            str(r["count"]),
+            *(str(n) for n in r["buckets"].values()),
+        ]
+        for r in data["breaks_by_class"]
+    ]
+
+
+def _break_cells(data: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            r["class"],
+            r["priority"],
+            r["subject"],
+            breaks.age_text(r["age_s"]),
+            "yes" if r["accepted"] else "no",
+        ]
+        for r in data["breaks"][:SHOWN_ROWS]
+    ]
+
+
+def _waiting_cells(data: dict[str, Any]) -> list[list[str]]:
+    return [
+        [r["intent_id"], r["partner"], r["status"], hnv(r["amount_wei"]), r["since"]]
+        for r in data["unreconciled"][:SHOWN_ROWS]
+    ]
+
+
+def _stuck_cells(data: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            r["intent_id"],
+            hnv(r["amount_wei"]),
+            str(r["blocks_waiting"]),
+            str(len(r["attempts"])),
+        ]
+        for r in data["stuck"][:SHOWN_ROWS]
+    ]
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    body = list(rows) or [["(none)"] + [""] * (len(header) - 1)]
+    widths = [max(len(r[n]) for r in [header, *body]) for n in range(len(header))]
+    rule = ["-" * width for width in widths]
+    return [
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(r, widths, strict=True)
+        ).rstrip()
+        for r in [header, rule, *body]
+    ]
+
+
+# --- command line ----------------------------------------------------------
+
+
+def _when(text: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "expected an ISO 8601 date or time (2026-12-01, 2026-12-01T10:00Z), "
+            f"got {text!r}"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the ``haven report`` flags and document its exit codes."""
+    parser.add_argument(
+        "--from",
+        dest="from_",
+        type=_when,
+        metavar="WHEN",
+        help="count only intents created at or after WHEN (UTC unless stated)",
+    )
+    parser.add_argument(
+        "--to",
+        type=_when,
+        metavar="WHEN",
+        help="count only intents created before WHEN",
+    )
+    parser.add_argument(
+        "--as-of",
+        dest="as_of",
+        type=_when,
+        metavar="WHEN",
+        help="report the books as they stood at WHEN (writes nothing)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="output format (default: table); JSON and CSV: see docs/reports.md",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="write the report to PATH instead of standard output",
+    )
+    parser.epilog = (
+        f"exit status: {EXIT_RECONCILED} reconciled; {EXIT_NOT_RECONCILED} "
+        f"reconciled_with_pending or breaks; {EXIT_INCOMPLETE} incomplete "
+        "(index behind or chain unreachable)"
+    )
+
+
+async def command(settings: Settings, args: argparse.Namespace) -> int:
+    """Run ``haven report``: build, render, write; return the verdict's exit code."""
+    pool = await db.create_pool(settings.database_url.reveal(), max_size=2)
+    try:
+        await migrations.ensure_current(pool)
+        async with ChainClient(settings.rpc_url, chain_id=settings.chain_id) as chain:
+            # An unreachable node makes the report incomplete; a node of the
+            # wrong chain is an error.
+            with contextlib.suppress(RpcUnavailableError):
+                await chain.verify_chain_id()
+            report = await build(
+                pool, chain, settings, from_=args.from_, to=args.to, as_of=args.as_of
+            )
+    finally:
+        await pool.close()
+    text = render(report, args.format)
+    if args.output is not None:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return exit_code(report.verdict)
