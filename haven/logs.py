@@ -3,29 +3,121 @@
 Call :func:`configure` once at start-up. Context keys (``intent_id``,
 ``nonce``, ``tx_hash``, ``request_id``...) are bound by callers with
 ``logger.bind`` or passed as keyword arguments, and appear as fields in JSON.
+A request's id is bound for everything it causes with :func:`correlated`
+(``logger.contextualize``), which the listener does per request and the
+daemon per intent, from ``intents.request_id``.
+
+Every line passes a redactor before it is written: the secret values of the
+settings (webhook secrets, master keys, admin keys, the deployer key, DSN
+passwords) and anything shaped like a bearer credential are replaced by
+asterisks, tracebacks included. It is the last line of defence, not a
+licence to log secrets.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TextIO
+from urllib.parse import urlsplit
 
 from loguru import logger
 
-from haven.settings import Settings
+from haven.settings import Secret, Settings
+
+MASK = "********"
+# Shorter values would mask ordinary words; the settings refuse such secrets.
+MIN_SECRET_LENGTH = 6
 
 _TEXT_FORMAT = (
     "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
     "<cyan>{name}</cyan> {message} <dim>{extra}</dim>"
 )
+# Credentials that may turn up in any text: HTTP bearer tokens and the
+# base64 part of Standard Webhooks signatures.
+_SHAPES = re.compile(
+    r"(?P<prefix>\b[Bb]earer\s+)[^\s\"',;]+"
+    r"|(?P<sigprefix>\bv1,)[A-Za-z0-9+/]{20,}={0,2}"
+)
 
 
-def configure(settings: Settings | None, *, process: str) -> None:
-    """Send logs to stderr in the configured format, tagged with ``process``."""
+class Redactor:
+    """Replaces known secret values and credential shapes in text."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        values = sorted(
+            {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True
+        )
+        self._known = (
+            re.compile("|".join(re.escape(value) for value in values))
+            if values
+            else None
+        )
+
+    def __call__(self, text: str) -> str:
+        if self._known is not None:
+            text = self._known.sub(MASK, text)
+        return _SHAPES.sub(_mask_shape, text)
+
+
+def _mask_shape(match: re.Match[str]) -> str:
+    return (match["prefix"] or match["sigprefix"] or "") + MASK
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Return every secret string of ``settings``, and the parts that sign."""
+    found: list[str] = []
+    for value in vars(settings).values():
+        if isinstance(value, Secret):
+            revealed = value.reveal()
+            found.extend(revealed if isinstance(revealed, tuple) else [revealed])
+    found.extend(
+        secret.removeprefix("whsec_")
+        for secret in list(found)
+        if secret.startswith("whsec_")
+    )
+    for url in (settings.database_url, settings.redis_url):
+        password = urlsplit(url.reveal()).password if url is not None else None
+        if password:
+            found.append(password)
+    return [value for value in found if isinstance(value, str)]
+
+
+def configure(
+    settings: Settings | None, *, process: str, sink: TextIO | None = None
+) -> None:
+    """Send logs to ``sink`` (stderr) in the configured format, tagged ``process``."""
     fmt = settings.log_format if settings else "text"
     level = (settings.log_level if settings else "info").upper()
+    stream = sink or sys.stderr
+    redact = Redactor(secret_values(settings) if settings else [])
+
+    def write(message: str) -> None:
+        stream.write(redact(str(message)))
+        stream.flush()
+
     logger.remove()
     logger.configure(extra={"process": process})
     if fmt == "json":
-        logger.add(sys.stderr, level=level, serialize=True, backtrace=False, diagnose=False)
+        logger.add(write, level=level, serialize=True, backtrace=False, diagnose=False)
     else:
-        logger.add(sys.stderr, level=level, format=_TEXT_FORMAT, backtrace=False, diagnose=False)
+        logger.add(
+            write,
+            level=level,
+            format=_TEXT_FORMAT,
+            colorize=stream.isatty(),
+            backtrace=False,
+            diagnose=False,
+        )
+
+
+@contextmanager
+def correlated(request_id: str | None) -> Iterator[None]:
+    """Bind ``request_id`` to every log line written inside the block."""
+    if not request_id:
+        yield
+        return
+    with logger.contextualize(request_id=request_id):
+        yield

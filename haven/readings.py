@@ -1,0 +1,167 @@
+"""Readings: the state gauges of :mod:`haven.metrics`, read at scrape time.
+
+Each reading asks PostgreSQL or the chain once, under its own deadline, and
+returns finished metric families. A source that does not answer costs its
+own gauges only: the scrape still succeeds, ``haven_scrape_source_up`` says
+which source failed and ``haven_scrape_errors_total`` counts it, so an
+outage shows on the dashboard instead of blanking it.
+
+This module only reads, through the owners of the tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from loguru import logger
+from prometheus_client.core import Metric
+
+from haven import db, intents, metrics
+from haven.chain import ChainClient
+from haven.daemon import attempts, signers
+from haven.errors import ChainError, DatabaseUnavailableError
+from haven.reconciler import breaks, snapshot
+from haven.settings import Settings
+
+READING_TIMEOUT_S = 5.0
+UNASSIGNED = "unassigned"
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the readings read: the settings, the pool and a chain client."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    chain: ChainClient
+
+
+@dataclass(frozen=True)
+class TailPosition:
+    """The chain head and the tailer's lowest checkpoint, in block numbers."""
+
+    head_block: int
+    checkpoint_block: int | None
+
+    @property
+    def lag_blocks(self) -> int:
+        """Blocks the tailer is behind; counted from zero before its first batch."""
+        return max(self.head_block - (self.checkpoint_block or 0), 0)
+
+
+async def tail_position(pool: asyncpg.Pool, chain: ChainClient) -> TailPosition:
+    """Read the head and the lowest tail checkpoint.
+
+    Raise ChainError or DatabaseUnavailableError when either side is down.
+    """
+    head_block = await chain.block_number()
+    # The lowest checkpoint when several tailers run: the conservative lag.
+    checkpoint = await snapshot.checkpoint_block(pool, None)
+    return TailPosition(head_block, checkpoint)
+
+
+async def read_all(sources: Sources) -> list[Metric]:
+    """Return every state family; never raises for a source that is down."""
+    database, chain = await asyncio.gather(
+        _guarded("postgres", _read_database(sources)),
+        _guarded("chain", _read_chain(sources)),
+    )
+    up = [(("postgres",), float(database is not None))]
+    up.append((("chain",), float(chain is not None)))
+    return [*(database or []), *(chain or []), metrics.SOURCE_UP.family(up)]
+
+
+async def _guarded(
+    source: str, reading: Awaitable[list[Metric]]
+) -> list[Metric] | None:
+    try:
+        return await asyncio.wait_for(reading, READING_TIMEOUT_S)
+    except (TimeoutError, ChainError, DatabaseUnavailableError, OSError) as exc:
+        metrics.SCRAPE_ERRORS.labels(source).inc()
+        logger.bind(source=source, error=type(exc).__name__).warning(
+            "metrics reading failed; its gauges are left out of this scrape"
+        )
+        return None
+
+
+async def _read_database(sources: Sources) -> list[Metric]:
+    async with db.translate_errors(), sources.pool.acquire() as connection:
+        by_status = await intents.count_by_status(connection)
+        live = await attempts.live(connection)
+        open_breaks = await breaks.open_breaks(connection)
+    return [
+        _intents_family(by_status),
+        _in_flight_family(live),
+        _queued_family(by_status),
+        *_breaks_families(open_breaks, datetime.now(UTC)),
+    ]
+
+
+async def _read_chain(sources: Sources) -> list[Metric]:
+    position = await tail_position(sources.pool, sources.chain)
+    balances = await _signer_balances(sources.pool, sources.chain)
+    return [
+        metrics.CHAIN_HEAD.family([((), float(position.head_block))]),
+        metrics.TAIL_LAG.family([((), float(position.lag_blocks))]),
+        metrics.SIGNER_BALANCE.family(
+            ((address,), float(wei)) for address, wei in balances.items()
+        ),
+    ]
+
+
+def _intents_family(by_status: Mapping[str, tuple[int, int]]) -> Metric:
+    values = [
+        ((status,), float(by_status.get(status, (0, 0))[0]))
+        for status in intents.STATUSES
+    ]
+    return metrics.INTENTS.family(values)
+
+
+def _in_flight_family(live: list[attempts.Attempt]) -> Metric:
+    # Replacements share a nonce: count nonces, not attempts.
+    nonces = {(attempt.signer, attempt.nonce) for attempt in live}
+    per_signer = Counter(signer for signer, _ in nonces)
+    return metrics.SIGNER_IN_FLIGHT.family(
+        ((signer,), float(count)) for signer, count in sorted(per_signer.items())
+    )
+
+
+def _queued_family(by_status: Mapping[str, tuple[int, int]]) -> Metric:
+    # TODO: split ready intents by the signer that will take them once the
+    # submitter exposes its assignment — until then all are 'unassigned'.
+    ready = by_status.get(intents.READY, (0, 0))[0]
+    return metrics.SIGNER_QUEUED.family([((UNASSIGNED,), float(ready))])
+
+
+def _breaks_families(
+    open_breaks: list[breaks.StoredBreak], now: datetime
+) -> list[Metric]:
+    counts: Counter[tuple[str, str]] = Counter()
+    oldest_s: dict[str, float] = {cls: 0.0 for cls in breaks.CLASSES}
+    for brk in open_breaks:
+        counts[(brk.cls, brk.priority)] += 1
+        age_s = max((now - brk.first_seen_at).total_seconds(), 0.0)
+        oldest_s[brk.cls] = max(oldest_s.get(brk.cls, 0.0), age_s)
+    open_values = [
+        ((cls, breaks.PRIORITY[cls]), float(counts[(cls, breaks.PRIORITY[cls])]))
+        for cls in breaks.CLASSES
+    ]
+    return [
+        metrics.BREAKS_OPEN.family(open_values),
+        metrics.OLDEST_BREAK_AGE.family(
+            ((cls,), age_s) for cls, age_s in sorted(oldest_s.items())
+        ),
+    ]
+
+
+async def _signer_balances(pool: asyncpg.Pool, chain: ChainClient) -> dict[str, int]:
+    async with db.translate_errors(), pool.acquire() as connection:
+        rows = await signers.listing(connection, signers.WORKING)
+    addresses = [row.address for row in rows]
+    found = await asyncio.gather(*(chain.get_balance(a) for a in addresses))
+    return dict(zip(addresses, found, strict=True))

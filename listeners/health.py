@@ -1,0 +1,132 @@
+"""Liveness and readiness: ``GET /healthz`` and ``GET /readyz``.
+
+``/healthz`` answers 200 while the process can run a handler at all: a
+supervisor restarts it otherwise. ``/readyz`` answers 200 only when
+PostgreSQL, Redis (where the process uses it) and an RPC endpoint answer
+and the tailer is within bounds of the chain head, else 503 with every check
+spelled out, so a load balancer stops sending work and a person sees why.
+Neither needs a key; neither says anything secret (no DSN, no URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from haven import db, readings
+from haven.chain import ChainClient
+from haven.errors import ChainError, DatabaseUnavailableError
+from haven.settings import Settings
+
+CHECK_TIMEOUT_S = 2.0
+HEALTHZ = "/healthz"
+READYZ = "/readyz"
+
+
+class Check(TypedDict):
+    """The result of one readiness check."""
+
+    ok: bool
+    detail: str | None
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The dependencies a process needs before it is ready for work."""
+
+    pool: asyncpg.Pool
+    chain: ChainClient
+    redis: aioredis.Redis | None
+    max_tail_lag_blocks: int
+
+    @classmethod
+    def of(
+        cls,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        chain: ChainClient,
+        redis: aioredis.Redis | None,
+    ) -> Readiness:
+        # TODO: a HAVEN_READY_MAX_TAIL_LAG_BLOCKS setting — until then the
+        # bound is the finality depth, far looser than an SLO would want.
+        return cls(pool, chain, redis, settings.finality_depth)
+
+    async def check(self) -> dict[str, Any]:
+        """Run every check concurrently and return their results by name."""
+        names = ["postgres", "chain", "tail"]
+        runs = [self._postgres(), self._chain(), self._tail()]
+        if self.redis is not None:
+            names.append("redis")
+            runs.append(self._redis())
+        results = await asyncio.gather(*(_timed(run) for run in runs))
+        return dict(zip(names, results, strict=True))
+
+    async def _postgres(self) -> Check:
+        async with db.translate_errors():
+            await self.pool.fetchval("SELECT 1")
+        return {"ok": True, "detail": None}
+
+    async def _redis(self) -> Check:
+        assert self.redis is not None
+        await self.redis.ping()
+        return {"ok": True, "detail": None}
+
+    async def _chain(self) -> Check:
+        head_block = await self.chain.block_number()
+        return {"ok": True, "detail": f"head at block {head_block}"}
+
+    async def _tail(self) -> Check:
+        position = await readings.tail_position(self.pool, self.chain)
+        lag = position.lag_blocks
+        detail = f"{lag} blocks behind the head (at most {self.max_tail_lag_blocks})"
+        return {"ok": lag <= self.max_tail_lag_blocks, "detail": detail}
+
+
+async def _timed(run: Awaitable[Check]) -> Check:
+    try:
+        return await asyncio.wait_for(run, CHECK_TIMEOUT_S)
+    except TimeoutError:
+        return {"ok": False, "detail": f"no answer within {CHECK_TIMEOUT_S} s"}
+    except (ChainError, DatabaseUnavailableError, RedisError, OSError) as exc:
+        # The class name only: messages of drivers may carry hosts and users.
+        return {"ok": False, "detail": f"unreachable ({type(exc).__name__})"}
+
+
+READINESS = web.AppKey("haven.health.readiness", Readiness)
+
+
+def setup(app: web.Application, readiness: Readiness) -> None:
+    """Add ``/healthz`` and ``/readyz`` to ``app``."""
+    app[READINESS] = readiness
+    app.router.add_get(HEALTHZ, healthz)
+    app.router.add_get(READYZ, readyz)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Answer 200 while the process runs."""
+    return _json(200, {"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Answer 200 when every dependency answers, else 503 naming the failures."""
+    checks = await request.app[READINESS].check()
+    ready = all(check["ok"] for check in checks.values())
+    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    return _json(200 if ready else 503, body)
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )

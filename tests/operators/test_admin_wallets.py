@@ -1,0 +1,104 @@
+"""Admin wallets: create, list, get, rotate, revoke and the custody audit trail."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from operators.support import ADMIN_KEY, Service, environ
+
+from harness.anvil import DEV_KEYS
+from haven import deploy, settings, token
+from haven.chain import ChainClient
+from haven.listeners.auth import fingerprint
+from haven.types import ChecksumAddress
+
+WALLETS = "/api/v1/admin/wallets"
+KEY_ID = fingerprint(hashlib.sha256(ADMIN_KEY.encode()).digest())
+
+
+@dataclass
+class Deployed:
+    service: Service
+    token_address: ChecksumAddress
+    minter: ChecksumAddress
+    chain: ChainClient
+
+    async def is_minter(self, address: str) -> bool:
+        data = token.has_role_data(token.MINTER_ROLE, ChecksumAddress(address))
+        return token.decode_bool(await self.chain.eth_call(self.token_address, data))
+
+
+@pytest.fixture
+async def deployed(
+    start_service, database_url, redis_prefix, anvil
+) -> AsyncIterator[Deployed]:
+    """HNV on anvil with one funded minter, and a listener that knows it."""
+    overrides = {"HAVEN_RPC_URL": anvil.url, "HAVEN_DEPLOYER_KEY": DEV_KEYS[0]}
+    loaded = settings.load(environ(database_url, redis_prefix) | overrides)
+    done = await deploy.deploy(loaded, fund_wei=10**17)
+    overrides["HAVEN_TOKEN_ADDRESS"] = done.token_address
+    async with (
+        start_service(**overrides) as service,
+        ChainClient([anvil.url], chain_id=anvil.chain_id) as chain,
+    ):
+        yield Deployed(service, done.token_address, done.minters[0], chain)
+
+
+async def test_signers_are_listed_with_status_counter_and_gas(deployed):
+    reply = await deployed.service.client.get(WALLETS)
+
+    assert reply.status == 200
+    [wallet] = reply.body["wallets"]
+    assert wallet["address"] == deployed.minter
+    assert (wallet["status"], wallet["next_nonce"]) == ("active", 0)
+    assert wallet["balance_wei"] == str(10**17)
+    assert "key" not in str(wallet).replace("key:", "")
+
+
+async def test_a_created_signer_is_audited_under_the_operators_key(deployed):
+    created = await deployed.service.client.post(WALLETS)
+    address = created.body["wallet"]["address"]
+    trail = await deployed.service.client.get(f"{WALLETS}/{address}/audit")
+    fetched = await deployed.service.client.get(f"{WALLETS}/{address}")
+
+    assert created.status == 201
+    assert created.body["wallet"]["status"] == "active"
+    assert fetched.body == created.body
+    assert [(e["action"], e["actor"]) for e in trail.body["entries"]] == [
+        ("create", KEY_ID)
+    ]
+
+
+async def test_rotating_an_idle_signer_grants_the_successor_and_revokes_it(deployed):
+    reply = await deployed.service.client.post(f"{WALLETS}/{deployed.minter}/rotate")
+
+    assert reply.status == 200
+    new, old = reply.body["wallet"], reply.body["retired"]
+    assert (new["status"], old["status"]) == ("active", "revoked")
+    assert old["address"] == deployed.minter
+    assert await deployed.is_minter(new["address"]) is True
+    assert await deployed.is_minter(deployed.minter) is False
+    trail = await deployed.service.client.get(f"{WALLETS}/{deployed.minter}/audit")
+    actions = [e["action"] for e in trail.body["entries"]]
+    assert actions[:2] == ["revoke", "rotate"]
+
+
+async def test_revoking_a_signer_withdraws_its_role_and_repeats_harmlessly(deployed):
+    first = await deployed.service.client.post(f"{WALLETS}/{deployed.minter}/revoke")
+    again = await deployed.service.client.post(f"{WALLETS}/{deployed.minter}/revoke")
+
+    assert first.status == 200
+    assert first.body["wallet"]["status"] == "revoked"
+    assert again.status == 200
+    assert await deployed.is_minter(deployed.minter) is False
+
+
+async def test_an_unknown_wallet_is_404_and_a_malformed_address_422(deployed):
+    unknown = await deployed.service.client.get(f"{WALLETS}/0x" + "12" * 20)
+    malformed = await deployed.service.client.post(f"{WALLETS}/0x12/rotate")
+
+    assert (unknown.status, unknown.error_code) == (404, "not_found")
+    assert (malformed.status, malformed.error_code) == (422, "invalid_request")

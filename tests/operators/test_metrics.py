@@ -1,0 +1,152 @@
+"""Prometheus metrics of the listener and the daemon: state read at scrape time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiohttp
+from operators.support import environ, seed_intent, seed_signer, seed_submitted
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.anvil import free_port
+from haven import db, intents, settings
+from haven.chain import ChainClient
+from haven.daemon import http
+from haven.daemon.breaker import CircuitBreaker
+from haven.errors import RpcUnavailableError
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Index the samples of an exposition by name and sorted labels."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(found, name: str, **labels: str) -> float | None:
+    return found.get((name, tuple(sorted(labels.items()))))
+
+
+async def test_intents_by_status_and_in_flight_are_read_from_the_books(client, service):
+    for n in range(3):
+        await seed_intent(service.pool, f"AUR-m{n}")
+    flying = await seed_intent(service.pool, "AUR-fly")
+    await seed_submitted(service.pool, flying, nonce=0)
+    await seed_intent(service.pool, "AUR-held", status=intents.APPROVAL)
+
+    reply = await client.get("/metrics", key=None)
+
+    assert reply.status == 200
+    assert reply.headers["Content-Type"].startswith("text/plain")
+    found = samples(reply.text)
+    assert value(found, "haven_intents", status="ready") == 3
+    assert value(found, "haven_intents", status="submitted") == 1
+    assert value(found, "haven_intents", status="approval") == 1
+    assert value(found, "haven_intents", status="confirmed") == 0
+    signer = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+    assert value(found, "haven_signer_in_flight", signer=signer) == 1
+    assert value(found, "haven_signer_queued", signer="unassigned") == 3
+    assert (
+        value(
+            found, "haven_breaks_open", **{"class": "unexpected_mint", "priority": "P1"}
+        )
+        == 0
+    )
+    assert value(found, "haven_scrape_source_up", source="postgres") == 1
+    assert value(found, "haven_scrape_source_up", source="chain") == 0
+
+
+async def test_webhook_answers_and_requests_are_counted_by_stable_labels(client):
+    before = samples((await client.get("/metrics", key=None)).text)
+    await client.post("/webhooks/aurora", json={"type": "x"}, key=None)
+    await client.post("/webhooks/nobody-9f3a", json={}, key=None)
+
+    after = samples((await client.get("/metrics", key=None)).text)
+
+    def grew(name: str, **labels: str) -> float:
+        return (value(after, name, **labels) or 0) - (
+            value(before, name, **labels) or 0
+        )
+
+    missing = {"outcome": "signature_headers_missing", "status_code": "401"}
+    assert grew("haven_webhook_requests_total", partner="aurora", **missing) == 1
+    unknown = {"outcome": "unknown_partner", "status_code": "404"}
+    assert grew("haven_webhook_requests_total", partner="other", **unknown) == 1
+    route = {"route": "/webhooks/{partner}", "method": "POST", "status_code": "401"}
+    assert grew("haven_http_requests_total", **route) == 1
+    assert not any("nobody-9f3a" in str(key) for key in after)
+
+
+async def test_tail_lag_and_signer_balances_are_read_from_the_chain(
+    start_service, anvil
+):
+    await anvil.mine(7)
+    async with start_service(HAVEN_RPC_URL=anvil.url) as service:
+        await seed_signer(service.pool, "0x70997970C51812dc3A010C7d01b50e0d17dc79C8")
+        found = samples((await service.client.get("/metrics", key=None)).text)
+
+    assert value(found, "haven_chain_head_block") == 7
+    assert value(found, "haven_tail_lag_blocks") == 7  # no checkpoint yet
+    balance = value(
+        found,
+        "haven_signer_balance_wei",
+        signer="0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+    )
+    assert balance == 10_000 * 10**18  # anvil's funded dev account
+
+
+async def test_the_daemon_serves_metrics_health_and_its_breakers(
+    database_url, redis_prefix, anvil
+):
+    port = free_port()
+    loaded = settings.load(
+        environ(database_url, redis_prefix, anvil.url)
+        | {"HAVEN_DAEMON_PORT": str(port)}
+    )
+    breaker = CircuitBreaker("rpc", failure_threshold=1, attempts=1)
+    await _trip(breaker)
+    pool = await db.create_pool(database_url, min_size=0, max_size=3)
+    stopping = asyncio.Event()
+    async with ChainClient(loaded.rpc_url, chain_id=loaded.chain_id) as chain:
+        component = http.Http(loaded, pool, chain, breakers=[breaker])
+        running = asyncio.create_task(component.run(stopping))
+        try:
+            base = f"http://127.0.0.1:{port}"
+            health = await _get_when_up(f"{base}/healthz")
+            text = await _get_when_up(f"{base}/metrics")
+        finally:
+            stopping.set()
+            await asyncio.wait_for(running, 10)
+    await pool.close()
+
+    assert '"alive"' in health
+    found = samples(text)
+    assert value(found, "haven_breaker_state", breaker="rpc") == 2  # open
+    assert value(found, "haven_intents", status="ready") == 0
+    assert value(found, "haven_scrape_source_up", source="chain") == 1
+
+
+async def _trip(breaker: CircuitBreaker) -> None:
+    async def down() -> None:
+        raise RpcUnavailableError("test: the node is down")
+
+    with contextlib.suppress(RpcUnavailableError):
+        await breaker.call(down)
+    assert breaker.state == "open"
+
+
+async def _get_when_up(url: str, timeout_s: float = 10.0) -> str:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url) as response:
+                    return await response.text()
+            except aiohttp.ClientConnectionError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+            # The component binds its port in its own task; nothing to await on.
+            await asyncio.sleep(0.05)
