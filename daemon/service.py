@@ -2,7 +2,10 @@
 
 ``run`` opens PostgreSQL, Redis and the chain client, refuses to start on an
 outdated schema or the wrong chain, then runs every component as a task it
-owns. SIGTERM or SIGINT sets one stop event; components finish or safely
+owns. Several daemons may run against one database: each leased component
+is active in the one daemon holding its PostgreSQL lease
+(:mod:`haven.daemon.leases`); the others stand by and take over when that
+daemon dies. SIGTERM or SIGINT sets one stop event; components finish or safely
 abandon their current step and return; anything still running after the
 grace period is cancelled. Nothing half-written survives either path: every
 write that must finish once a transaction is broadcast is shielded by the
@@ -29,7 +32,7 @@ class Component(Protocol):
     name: str
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Work until ``stopping`` is set, then return; never raise for a passing fault."""
+        """Work until ``stopping`` is set; never raise for a passing fault."""
 
 
 ComponentFactory = Callable[
@@ -37,13 +40,30 @@ ComponentFactory = Callable[
 ]
 
 
+# One lease per component that must not run twice at once. Peers share
+# them: with two daemons, one submits while the other tails.
+LEASED_COMPONENTS = ("submitter", "tailer")
+
+
 async def default_components(
     settings: Settings, pool: db.Pool, chain: ChainClient
 ) -> list[Component]:
+    from haven.daemon.leases import Leases
     from haven.daemon.submitter import Submitter
     from haven.daemon.tailer import Tailer
 
-    return [Submitter(settings, pool, chain), Tailer(settings, pool, chain)]
+    async def wanted() -> tuple[str, ...]:
+        return LEASED_COMPONENTS
+
+    # TODO: give the submitter one lease per signer (Leases.held/step/fence)
+    # instead of one for all — until then a single daemon signs for every
+    # signer and more daemons add failover, not throughput.
+    leases = Leases.from_settings(settings, wanted)
+    return [
+        leases,
+        leases.exclusive("submitter", lambda: Submitter(settings, pool, chain)),
+        leases.exclusive("tailer", lambda: Tailer(settings, pool, chain)),
+    ]
 
 
 async def run(

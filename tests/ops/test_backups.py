@@ -1,0 +1,425 @@
+"""Backups: sealed, compressed, retained, restorable only where it is safe.
+
+Every test takes real backups with pg_dump and restores them with
+pg_restore into real databases. The drill at the end destroys a database
+with a running chain and daemon behind it and restores it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from cryptography.fernet import Fernet, MultiFernet
+from ops import processes
+from ops.deployments import (
+    deployed_environ,
+    mints_per_intent,
+    seed_ready_intents,
+    wait_confirmed,
+)
+from ops.processes import HAVEN, haven_environ
+
+from harness import databases
+from harness.anvil import AnvilNode
+from haven import archives, backups, db, intents, settings
+from haven.types import ChecksumAddress, Wei
+
+WALLET = ChecksumAddress("0x70997970C51812dc3A010C7d01b50e0d17dc79C8")
+
+
+def new_keys() -> MultiFernet:
+    return MultiFernet([Fernet(Fernet.generate_key())])
+
+
+async def seed_intents(dsn: str, count: int, *, prefix: str = "AUR") -> None:
+    """Insert ``count`` ready intents, each with its history row."""
+    pool = await db.create_pool(dsn, max_size=2)
+    try:
+        async with db.transaction(pool) as connection:
+            for index in range(count):
+                await intents.create(
+                    connection,
+                    partner="aurora",
+                    kind="booking",
+                    source_key=f"{prefix}-{uuid.uuid4().hex[:8]}-{index}",
+                    wallet=WALLET,
+                    amount_wei=Wei(10**18 + index),
+                    rule_version="ops-test",
+                    status=intents.READY,
+                )
+    finally:
+        await pool.close()
+
+
+async def intent_rows(dsn: str) -> list[tuple[bytes, str, int]]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT id, status, amount_wei FROM intents ORDER BY id"
+        )
+    finally:
+        await connection.close()
+    return [(bytes(r["id"]), r["status"], int(r["amount_wei"])) for r in rows]
+
+
+async def database_exists(name: str) -> bool:
+    connection = await asyncpg.connect(databases.ADMIN_DSN)
+    try:
+        found = await connection.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", name
+        )
+    finally:
+        await connection.close()
+    return found is not None
+
+
+@pytest.fixture
+async def new_database_url() -> AsyncIterator[str]:
+    """DSN of a database that does not exist yet; dropped afterwards if made."""
+    name = f"haven_restore_{uuid.uuid4().hex[:12]}"
+    yield databases.dsn_for(name)
+    await databases.drop_database(name)
+
+
+# --- sealing and restoring -----------------------------------------------------
+
+
+async def test_a_backup_restores_every_row_into_a_new_database(
+    database_url, new_database_url, tmp_path
+):
+    await seed_intents(database_url, 25)
+    keys = new_keys()
+
+    path = await backups.take(database_url, tmp_path, keys, keep=3)
+    manifest = await backups.restore(path, new_database_url, keys)
+
+    assert await intent_rows(new_database_url) == await intent_rows(database_url)
+    assert manifest.row_counts["public.intents"] == 25
+    assert manifest.migrations[-1] == sorted(manifest.migrations)[-1]
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_backup_is_encrypted_and_compressed(database_url, tmp_path):
+    marker = f"MARKER{uuid.uuid4().hex}"
+    await seed_intents(database_url, 400, prefix=marker)
+    keys = new_keys()
+
+    path = await backups.take(database_url, tmp_path, keys, keep=1)
+
+    sealed = path.read_bytes()
+    dump_bytes = sum(len(chunk) for chunk in archives.read_dump(path, keys))
+    assert marker.encode() not in sealed
+    assert WALLET.encode() not in sealed
+    assert len(sealed) < dump_bytes / 2
+    with pytest.raises(archives.BackupError, match="does not authenticate"):
+        archives.inspect(path, new_keys())
+
+
+def frames_of(sealed: bytes) -> list[bytes]:
+    body, frames = sealed[len(archives.MAGIC) :], []
+    while body:
+        length = int.from_bytes(body[:4], "big")
+        frames.append(body[: 4 + length])
+        body = body[4 + length :]
+    return frames
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "end frame dropped"])
+async def test_a_damaged_backup_restores_nothing(
+    database_url, new_database_url, tmp_path, damage
+):
+    await seed_intents(database_url, 5)
+    keys = new_keys()
+    path = await backups.take(database_url, tmp_path, keys, keep=1)
+    sealed = bytearray(path.read_bytes())
+    if damage == "flipped byte":
+        sealed[len(sealed) // 2] ^= 0x01
+    elif damage == "truncated":
+        del sealed[-7:]
+    else:
+        sealed = bytearray(archives.MAGIC + b"".join(frames_of(bytes(sealed))[:-1]))
+    path.write_bytes(bytes(sealed))
+
+    with pytest.raises(archives.BackupError):
+        await backups.restore(path, new_database_url, keys)
+
+    assert not await database_exists(backups.database_name(new_database_url))
+
+
+async def test_restore_refuses_a_live_database(database_url, tmp_path):
+    await seed_intents(database_url, 3)
+    keys = new_keys()
+    path = await backups.take(database_url, tmp_path, keys, keep=1)
+    await seed_intents(database_url, 2)
+    before = await intent_rows(database_url)
+
+    with pytest.raises(backups.RestoreRefusedError, match="is live: 5 intent"):
+        await backups.restore(path, database_url, keys)
+
+    assert await intent_rows(database_url) == before
+
+
+async def test_restore_replaces_a_database_only_with_force_and_nobody_attached(
+    database_url, new_database_url, tmp_path
+):
+    await seed_intents(database_url, 4)
+    keys = new_keys()
+    path = await backups.take(database_url, tmp_path, keys, keep=1)
+    await backups.restore(path, new_database_url, keys)
+    await seed_intents(new_database_url, 6)
+
+    squatter = await asyncpg.connect(new_database_url)
+    try:
+        with pytest.raises(backups.RestoreRefusedError, match="other session"):
+            await backups.restore(path, new_database_url, keys, force=True)
+    finally:
+        await squatter.close()
+    assert len(await intent_rows(new_database_url)) == 10
+
+    await backups.restore(path, new_database_url, keys, force=True)
+
+    assert await intent_rows(new_database_url) == await intent_rows(database_url)
+
+
+async def test_restore_refuses_a_migrated_but_empty_database_without_force(
+    database_url, empty_database_url, tmp_path
+):
+    from haven import migrations
+
+    keys = new_keys()
+    path = await backups.take(database_url, tmp_path, keys, keep=1)
+    await migrations.apply(empty_database_url)
+
+    with pytest.raises(backups.RestoreRefusedError, match="not empty"):
+        await backups.restore(path, empty_database_url, keys)
+
+
+# --- consistency under load ----------------------------------------------------
+
+
+async def test_a_backup_taken_under_writes_holds_exactly_its_manifest(
+    database_url, new_database_url, tmp_path
+):
+    keys = new_keys()
+    done = asyncio.Event()
+
+    async def write_until_done() -> int:
+        written = 0
+        while not done.is_set():
+            await seed_intents(database_url, 5)
+            written += 5
+        return written
+
+    writer = asyncio.create_task(write_until_done())
+    try:
+        await seed_intents(database_url, 5)
+        path = await backups.take(database_url, tmp_path, keys, keep=1)
+    finally:
+        done.set()
+        written = await asyncio.wait_for(writer, 30)
+
+    manifest = await backups.restore(path, new_database_url, keys)
+    restored = manifest.row_counts["public.intents"]
+    assert restored == len(await intent_rows(new_database_url))
+    assert restored == manifest.row_counts["public.intent_events"]
+    assert 5 <= restored <= 5 + written
+
+
+# --- retention -----------------------------------------------------------------
+
+
+async def test_retention_keeps_only_the_newest_backups(database_url, tmp_path):
+    keys = new_keys()
+    name = backups.database_name(database_url)
+    stale = tmp_path / f"{name}-20000101T000000.000000Z.partial"
+    stale.write_bytes(b"left by a crashed run")
+    # Another database whose name starts like this one's.
+    other = tmp_path / f"{name}-old-20000101T000000.000000Z{backups.SUFFIX}"
+    other.write_bytes(b"another database's backup")
+
+    taken = [await backups.take(database_url, tmp_path, keys, keep=2) for _ in range(4)]
+
+    assert backups.backups_in(tmp_path, name) == taken[-2:]
+    assert not stale.exists()
+    assert other.exists()
+
+
+async def test_a_second_backup_into_the_same_directory_at_once_is_refused(
+    database_url, tmp_path
+):
+    keys = new_keys()
+    running = pytest.raises(archives.BackupError, match="another backup is running")
+    with backups.directory_lock(tmp_path), running:
+        await backups.take(database_url, tmp_path, keys, keep=1)
+
+
+# --- verification and the command line -------------------------------------------
+
+
+async def scratch_databases() -> set[str]:
+    connection = await asyncpg.connect(databases.ADMIN_DSN)
+    try:
+        rows = await connection.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'haven_verify_%'"
+        )
+    finally:
+        await connection.close()
+    return {row["datname"] for row in rows}
+
+
+async def test_verify_restores_into_a_scratch_database_and_drops_it(
+    database_url, redis_prefix, tmp_path
+):
+    await seed_intents(database_url, 7)
+    loaded = settings.load(haven_environ(database_url, redis_prefix))
+    keys = backups.key_ring(loaded)
+    path = await backups.take(database_url, tmp_path, keys, keep=1)
+    before = await scratch_databases()
+
+    result = await backups.verify(path, loaded, keys)
+
+    assert result.is_ok, result.problems
+    assert result.manifest is not None
+    assert result.manifest.row_counts["public.intents"] == 7
+    assert await scratch_databases() == before
+
+
+async def test_verify_reports_a_damaged_backup_as_failed(
+    database_url, redis_prefix, tmp_path
+):
+    loaded = settings.load(haven_environ(database_url, redis_prefix))
+    keys = backups.key_ring(loaded)
+    path = await backups.take(database_url, tmp_path, keys, keep=1)
+    path.write_bytes(path.read_bytes()[:-1])
+
+    result = await backups.verify(path, loaded, keys)
+
+    assert not result.is_ok
+    assert "truncated" in result.problems[0]
+
+
+def command_line() -> argparse.ArgumentParser:
+    """The CLI wiring the lead adds to haven.cli, reproduced."""
+    parser = argparse.ArgumentParser(prog="haven")
+    commands = parser.add_subparsers(dest="command", required=True)
+    backups.add_arguments(commands.add_parser("backup"))
+    backups.add_restore_arguments(commands.add_parser("restore"))
+    return parser
+
+
+async def test_backup_commands_create_list_verify_and_restore(
+    database_url, redis_prefix, new_database_url, tmp_path, capsys
+):
+    await seed_intents(database_url, 3)
+    parser = command_line()
+    loaded = settings.load(haven_environ(database_url, redis_prefix))
+    directory = str(tmp_path)
+
+    assert (
+        await backups.command(loaded, parser.parse_args(["backup", "--dir", directory]))
+        == 0
+    )
+    created = Path(capsys.readouterr().out.strip())
+    assert created.parent == tmp_path
+
+    assert (
+        await backups.command(
+            loaded, parser.parse_args(["backup", "list", "--dir", directory])
+        )
+        == 0
+    )
+    assert created.name in capsys.readouterr().out
+
+    assert (
+        await backups.command(
+            loaded, parser.parse_args(["backup", "verify", "--dir", directory])
+        )
+        == 0
+    )
+    assert "verdict        ok" in capsys.readouterr().out
+
+    target = settings.load(
+        haven_environ(new_database_url, redis_prefix)
+        | {"HAVEN_MASTER_KEY": loaded.master_key.reveal()[0]}
+    )
+    assert (
+        await backups.command(target, parser.parse_args(["restore", str(created)])) == 0
+    )
+    assert await intent_rows(new_database_url) == await intent_rows(database_url)
+
+
+# --- the drill ---------------------------------------------------------------------
+
+
+async def run_daemon_until_confirmed(
+    name: str,
+    environ: dict[str, str],
+    expected: int,
+    node: AnvilNode,
+    tmp_path: Path,
+) -> None:
+    daemon = await processes.start(name, [*HAVEN, "run"], environ, tmp_path)
+    try:
+        await wait_confirmed(environ["HAVEN_DATABASE_URL"], expected, node, 30)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait_exit(30) == 0, daemon.log_tail()
+    finally:
+        await daemon.stop()
+
+
+async def report_verdict(
+    environ: dict[str, str], tmp_path: Path
+) -> tuple[int, dict[str, Any]]:
+    report = await processes.start(
+        "report", [*HAVEN, "report", "--format", "json"], environ, tmp_path
+    )
+    assert report.process.stdout is not None
+    output = await asyncio.wait_for(report.process.stdout.read(), 60)
+    code = await report.wait_exit(10)
+    return code, orjson.loads(output)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after a restore the tailer leaves a RewardMinted of a `ready` intent "
+    "to the reconciler and the submitter signs it again (reverts "
+    "IntentAlreadyMinted): those intents stay `submitted` for ever",
+)
+async def test_drill_restore_resumes_from_the_chain_and_reconciles_with_no_double_mint(
+    database_url, redis_prefix, anvil, tmp_path
+):
+    environ = await deployed_environ(database_url, redis_prefix, anvil)
+    keys = backups.key_ring(settings.load(environ))
+    minted_before = await seed_ready_intents(database_url, 8, prefix="BEFORE")
+    await run_daemon_until_confirmed("daemon-1", environ, 8, anvil, tmp_path)
+
+    # Ready when the backup is taken, minted after it.
+    minted_after = await seed_ready_intents(database_url, 8, prefix="AFTER")
+    backup = await backups.take(database_url, tmp_path / "backups", keys, keep=2)
+    # Born after the backup: lost with the database, replayed by the partner.
+    born_after = await seed_ready_intents(database_url, 8, prefix="LATE")
+    await run_daemon_until_confirmed("daemon-2", environ, 24, anvil, tmp_path)
+
+    await databases.drop_database(backups.database_name(database_url))
+    manifest = await backups.restore(backup, database_url, keys)
+    assert manifest.row_counts["public.intents"] == 16
+
+    await seed_ready_intents(database_url, 8, prefix="LATE")
+    await run_daemon_until_confirmed("daemon-3", environ, 24, anvil, tmp_path)
+
+    minted = await mints_per_intent(anvil, environ["HAVEN_TOKEN_ADDRESS"])
+    everything = minted_before + minted_after + born_after
+    assert {i: minted[i] for i in everything} == {i: 1 for i in everything}
+    assert sum(minted.values()) == len(everything)
+    code, report = await report_verdict(environ, tmp_path)
+    assert report["verdict"] == "reconciled", report
+    assert code == 0
