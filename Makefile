@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup services demo test test-full lint typecheck contracts bench clean
+.PHONY: setup services browser demo test test-full lint typecheck contracts bench clean
 
 setup: $(VENV)/.installed node_modules/.installed services
 
@@ -25,14 +25,23 @@ node_modules/.installed: package.json package-lock.json
 services:
 	@scripts/services.sh
 
+# Headless Chromium renders the operators' report page in the tests.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && apt-get install -y -q --no-install-recommends chromium; \
+	  else \
+	    echo "browser: install Debian's chromium (sudo apt-get install chromium) to run the report page test" >&2; \
+	  fi; }
+
 demo: setup
 	$(BIN)/haven demo
 
-test: setup lint
+test: setup browser lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The long randomised suites at full count (crash matrix, reorg fuzzing, soak).
-test-full: setup
+test-full: setup browser
 	HAVENTEST_FULL=1 $(BIN)/pytest --timeout=1800 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed node_modules/.installed

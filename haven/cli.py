@@ -83,7 +83,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     loaded = _load()
     loaded.require_token()
     logs.configure(loaded, process="daemon")
-    asyncio.run(service.run(loaded))
+    asyncio.run(service.run(loaded, grace_s=loaded.shutdown_grace_s))
     return 0
 
 
@@ -102,6 +102,14 @@ def _cmd_wallet(args: argparse.Namespace) -> int:
     loaded = _load()
     logs.configure(loaded, process="wallet")
     return asyncio.run(wallets.command(loaded, args))
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from haven import backups
+
+    loaded = _load(require=("database_url", "master_key"))
+    logs.configure(loaded, process="backup")
+    return asyncio.run(backups.command(loaded, args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -157,22 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     add("run", _cmd_run, "run the minting and chain-tailing daemon")
     report = add("report", _cmd_report, "print a reconciliation report")
     wallet = add("wallet", _cmd_wallet, "manage custodial signer keys")
+    backup = add("backup", _cmd_backup, "take, list or verify encrypted backups")
+    restore = add("restore", _cmd_backup, "restore a backup into an empty database")
     demo = add(
         "demo", _cmd_demo, "run the whole flow on a local chain and print the report"
     )
-    _add_late_arguments(report, wallet, demo)
+    _add_late_arguments(report, wallet, backup, restore, demo)
     return parser
 
 
-def _add_late_arguments(report: Any, wallet: Any, demo: Any) -> None:
-    # Their modules pull in the service stacks; load them only to build
-    # their own argument lists.
+def _add_late_arguments(
+    report: Any, wallet: Any, backup: Any, restore: Any, demo: Any
+) -> None:
+    # These modules own their flags; importing them here keeps one source
+    # of truth for each command's arguments.
+    from haven import backups
     from haven import demo as demo_module
     from haven.daemon import wallets
     from haven.reconciler import reports
 
     reports.add_arguments(report)
     wallets.add_arguments(wallet)
+    backups.add_arguments(backup)
+    backups.add_restore_arguments(restore)
     demo_module.add_arguments(demo)
 
 

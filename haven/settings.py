@@ -187,6 +187,65 @@ def _private_key(raw: Any) -> Secret[str]:
     return Secret("0x" + body.lower())
 
 
+def _whsec(raw: Any) -> Secret[str]:
+    text = _text(raw)
+    try:
+        _check_whsec(text)
+    except ValueError:
+        raise ValueError(
+            "a whsec_ secret (whsec_ + base64 of 16 bytes or more)"
+        ) from None
+    return Secret(text)
+
+
+def _secret_text(raw: Any) -> Secret[str]:
+    return Secret(_text(raw))
+
+
+def _rate_limit(raw: Any) -> str:
+    from limits import parse_many
+
+    text = _text(raw)
+    try:
+        parse_many(text)
+    except ValueError:
+        raise ValueError("a rate limit such as 600/minute or 10/second") from None
+    return text
+
+
+def _cidr_list(raw: Any) -> tuple[str, ...]:
+    import ipaddress
+
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    networks = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(
+                "CIDR networks such as 10.0.0.0/8, comma-separated"
+            ) from None
+    return tuple(networks)
+
+
+def _email(raw: Any) -> str:
+    text = _text(raw)
+    local, _, domain = text.partition("@")
+    if not local or not domain or " " in text:
+        raise ValueError("an email address")
+    return text
+
+
+def _email_list(raw: Any) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    try:
+        return tuple(_email(item) for item in items if str(item).strip())
+    except ValueError:
+        raise ValueError("email addresses, comma-separated") from None
+
+
 def _path(raw: Any) -> Path:
     return Path(_text(raw))
 
@@ -275,7 +334,7 @@ FIELDS: tuple[Field, ...] = (
         "max_in_flight",
         _int_range(1, 1024),
         16,
-        "Unconfirmed transactions allowed per signer.",
+        "Transactions per signer sent but not yet mined; more intents wait.",
     ),
     Field(
         "max_fee_wei",
@@ -365,6 +424,218 @@ FIELDS: tuple[Field, ...] = (
         "Key that deploys HNV and grants roles (`haven deploy` only).",
         secret=True,
     ),
+    # --- partners ------------------------------------------------------------
+    Field(
+        "webhook_tolerance_s_aurora",
+        _int_range(1, 86_400),
+        None,
+        "Aurora's own timestamp window; HAVEN_WEBHOOK_TOLERANCE_S when unset.",
+    ),
+    Field(
+        "webhook_tolerance_s_tribe",
+        _int_range(1, 86_400),
+        None,
+        "Tribe's own timestamp window; HAVEN_WEBHOOK_TOLERANCE_S when unset.",
+    ),
+    Field(
+        "webhook_rate_limit_partner",
+        _rate_limit,
+        "1200/minute",
+        "Per-partner limit on authentic webhook requests (`limits` notation).",
+    ),
+    Field(
+        "webhook_rate_limit_ip",
+        _rate_limit,
+        "600/minute",
+        "Per-client-IP limit on every webhook request (`limits` notation).",
+    ),
+    Field(
+        "trusted_proxies",
+        _cidr_list,
+        (),
+        "Networks whose X-Forwarded-For is believed, comma-separated CIDRs.",
+    ),
+    Field(
+        "partner_api_aurora",
+        _url(("http", "https")),
+        None,
+        "Aurora's recent-events API, polled for missed webhooks; unset: no polling.",
+    ),
+    Field(
+        "partner_api_tribe",
+        _url(("http", "https")),
+        None,
+        "Tribe's recent-events API, polled for missed webhooks; unset: no polling.",
+    ),
+    Field(
+        "partner_api_token_aurora",
+        _secret_text,
+        None,
+        "Bearer token for Aurora's events API.",
+        secret=True,
+    ),
+    Field(
+        "partner_api_token_tribe",
+        _secret_text,
+        None,
+        "Bearer token for Tribe's events API.",
+        secret=True,
+    ),
+    Field(
+        "partner_poll_interval_s",
+        _int_range(10, 86_400),
+        300,
+        "Seconds between polls of the partners' events APIs.",
+    ),
+    Field(
+        "partner_poll_lookback_s",
+        _int_range(60, 30 * 86_400),
+        86_400,
+        "How far back each poll of a partner's events API looks, in seconds.",
+    ),
+    # --- minting ---------------------------------------------------------------
+    Field(
+        "cap_per_intent_wei",
+        _wei,
+        Wei(10_000 * 10**18),
+        "Largest single mint signed without operator approval, in base units.",
+    ),
+    Field(
+        "cap_partner_daily_wei",
+        _wei,
+        Wei(1_000_000 * 10**18),
+        "Most one partner's rewards may mint in any 24 hours without approval.",
+    ),
+    Field(
+        "cap_global_daily_wei",
+        _wei,
+        Wei(5_000_000 * 10**18),
+        "Most all partners' rewards may mint in any 24 hours without approval.",
+    ),
+    Field(
+        "stuck_after_blocks",
+        _int_range(1, 10_000),
+        3,
+        "Blocks a transaction may wait for inclusion before it is re-priced.",
+    ),
+    Field(
+        "min_tip_wei",
+        _wei,
+        Wei(10**8),
+        "Floor of the priority fee taken from fee history, in wei.",
+    ),
+    Field(
+        "rpc_breaker_failures",
+        _int_range(1, 1000),
+        3,
+        "Failed RPC calls (after retries) that open the circuit breaker.",
+    ),
+    Field(
+        "rpc_breaker_reset_s",
+        _int_range(1, 3600),
+        5,
+        "Seconds an open circuit waits before letting a probe call through.",
+    ),
+    # --- reconciliation and alerts -----------------------------------------------
+    Field(
+        "reconcile_interval_s",
+        _int_range(5, 86_400),
+        60,
+        "Seconds between reconciliation runs.",
+    ),
+    Field(
+        "stale_intent_grace_s",
+        _int_range(1, 30 * 86_400),
+        900,
+        "Seconds an intent may stay ready before it is a stale-intent break.",
+    ),
+    Field(
+        "missing_on_chain_grace_s",
+        _int_range(1, 30 * 86_400),
+        900,
+        "Seconds a submitted intent may go unmined before it is a break.",
+    ),
+    Field(
+        "low_balance_threshold_wei",
+        _wei,
+        Wei(5 * 10**16),
+        "Signer gas balance below which a warning is raised, in wei.",
+    ),
+    Field(
+        "max_tail_lag_blocks",
+        _int_range(1, 1_000_000),
+        32,
+        "Blocks the tailer may trail the confirmed head before runs are incomplete.",
+    ),
+    Field(
+        "ready_max_tail_lag_blocks",
+        _int_range(1, 1_000_000),
+        64,
+        "Largest tail lag, in blocks, at which /readyz still answers ready.",
+    ),
+    Field(
+        "daily_report_hour_utc",
+        _int_range(0, 23),
+        6,
+        "Hour (UTC) at which the daily report is emailed.",
+    ),
+    Field("smtp_host", _text, None, "SMTP relay for alert email; unset: no email."),
+    Field("smtp_port", _int_range(1, 65535), 587, "Port of the SMTP relay."),
+    Field(
+        "smtp_tls",
+        _choice("none", "starttls", "tls"),
+        "starttls",
+        "How to secure the SMTP connection.",
+    ),
+    Field("smtp_username", _text, None, "SMTP user name, if the relay wants one."),
+    Field("smtp_password", _secret_text, None, "SMTP password.", secret=True),
+    Field("smtp_from", _email, "haven@localhost", "Sender address of alert email."),
+    Field("smtp_to", _email_list, (), "Recipients of alert email, comma-separated."),
+    Field(
+        "alert_webhook_url",
+        _url(("http", "https")),
+        None,
+        "Operators' endpoint for alert webhooks; unset: no webhook alerts.",
+    ),
+    Field(
+        "alert_webhook_secret",
+        _whsec,
+        None,
+        "Signs outbound alert webhooks (Standard Webhooks).",
+        secret=True,
+    ),
+    # --- process lifecycle and backups -------------------------------------------
+    Field(
+        "daemon_host",
+        _text,
+        "127.0.0.1",
+        "Address of the daemon's /metrics and /healthz.",
+    ),
+    Field(
+        "shutdown_grace_s",
+        _int_range(1, 600),
+        20,
+        "Seconds `haven run` lets components finish after SIGTERM.",
+    ),
+    Field(
+        "lease_poll_ms",
+        _int_range(50, 60_000),
+        1000,
+        "How often a daemon renews its leases and a standby tries free ones.",
+    ),
+    Field(
+        "lease_ttl_ms",
+        _int_range(500, 600_000),
+        10_000,
+        "How long a silent daemon keeps its leases (at least 3 x poll).",
+    ),
+    Field(
+        "backup_key",
+        _secret_list(_check_fernet, "Fernet keys, comma-separated, newest first"),
+        None,
+        "Keys that seal backups; HAVEN_MASTER_KEY when unset.",
+        secret=True,
+    ),
 )
 
 _BY_KEY = {f.key: f for f in FIELDS}
@@ -400,7 +671,54 @@ class Settings:
     log_format: str
     log_level: str
     deployer_key: Secret[str] | None
+    webhook_tolerance_s_aurora: int | None
+    webhook_tolerance_s_tribe: int | None
+    webhook_rate_limit_partner: str
+    webhook_rate_limit_ip: str
+    trusted_proxies: tuple[str, ...]
+    partner_api_aurora: str | None
+    partner_api_tribe: str | None
+    partner_api_token_aurora: Secret[str] | None
+    partner_api_token_tribe: Secret[str] | None
+    partner_poll_interval_s: int
+    partner_poll_lookback_s: int
+    cap_per_intent_wei: Wei
+    cap_partner_daily_wei: Wei
+    cap_global_daily_wei: Wei
+    stuck_after_blocks: int
+    min_tip_wei: Wei
+    rpc_breaker_failures: int
+    rpc_breaker_reset_s: int
+    reconcile_interval_s: int
+    stale_intent_grace_s: int
+    missing_on_chain_grace_s: int
+    low_balance_threshold_wei: Wei
+    max_tail_lag_blocks: int
+    ready_max_tail_lag_blocks: int
+    daily_report_hour_utc: int
+    smtp_host: str | None
+    smtp_port: int
+    smtp_tls: str
+    smtp_username: str | None
+    smtp_password: Secret[str] | None
+    smtp_from: str
+    smtp_to: tuple[str, ...]
+    alert_webhook_url: str | None
+    alert_webhook_secret: Secret[str] | None
+    daemon_host: str
+    shutdown_grace_s: int
+    lease_poll_ms: int
+    lease_ttl_ms: int
+    backup_key: Secret[tuple[str, ...]] | None
     source: str = field(default="environment")
+
+    def webhook_tolerance(self, partner: str) -> int:
+        """Return the timestamp window of ``partner`` in seconds."""
+        own = {
+            "aurora": self.webhook_tolerance_s_aurora,
+            "tribe": self.webhook_tolerance_s_tribe,
+        }[partner]
+        return own if own is not None else self.webhook_tolerance_s
 
     def webhook_secrets(self, partner: str) -> tuple[str, ...]:
         """Return the active secrets of ``partner``; KeyError if unknown."""
@@ -500,6 +818,8 @@ def load(
                 f"{spec.env_name}: got {_shown(spec, raw[spec.key])}; expected {exc}"
             )
 
+    if not problems:
+        problems.extend(_cross_check(values))
     if problems:
         raise ConfigError(problems)
     for key in ("database_url", "redis_url"):
@@ -507,6 +827,26 @@ def load(
             values[key] = Secret(values[key])
     names = {f.name for f in fields(Settings)}
     return Settings(source=source, **{k: v for k, v in values.items() if k in names})
+
+
+def _cross_check(values: dict[str, Any]) -> list[str]:
+    """Return problems that involve more than one setting."""
+    problems = []
+    if values["lease_ttl_ms"] < 3 * values["lease_poll_ms"]:
+        problems.append(
+            f"HAVEN_LEASE_TTL_MS: got {values['lease_ttl_ms']}; expected at least "
+            f"3 x HAVEN_LEASE_POLL_MS ({3 * values['lease_poll_ms']})"
+        )
+    if values["smtp_host"] and not values["smtp_to"]:
+        problems.append(
+            "HAVEN_SMTP_TO: missing; expected recipients when HAVEN_SMTP_HOST is set"
+        )
+    if values["alert_webhook_url"] and values["alert_webhook_secret"] is None:
+        problems.append(
+            "HAVEN_ALERT_WEBHOOK_SECRET: missing; expected a whsec_ secret "
+            "when HAVEN_ALERT_WEBHOOK_URL is set"
+        )
+    return problems
 
 
 def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:

@@ -104,10 +104,14 @@ async def running_anvil(
     port = free_port()
     args = [
         str(ANVIL_BIN),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--chain-id", str(chain_id),
-        "--cache-path", cache_dir,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--chain-id",
+        str(chain_id),
+        "--cache-path",
+        cache_dir,
         "--silent",
     ]
     if block_time_s is not None:

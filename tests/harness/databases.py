@@ -12,7 +12,9 @@ import uuid
 
 import asyncpg
 
-ADMIN_DSN = os.environ.get("HAVEN_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_DSN = os.environ.get(
+    "HAVEN_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def dsn_for(name: str) -> str:
@@ -20,7 +22,9 @@ def dsn_for(name: str) -> str:
     return f"{base}/{name}"
 
 
-async def create_database(template: str | None = None, prefix: str = "haven_test") -> str:
+async def create_database(
+    template: str | None = None, prefix: str = "haven_test"
+) -> str:
     """Create an empty (or templated) database and return its name."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     connection = await asyncpg.connect(ADMIN_DSN)
