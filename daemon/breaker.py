@@ -29,7 +29,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from haven import chain
+from haven import chain, metrics
 from haven.errors import RpcResponseError, RpcUnavailableError
 
 CLOSED = "closed"
@@ -111,6 +111,7 @@ class CircuitBreaker:
     def reset(self) -> None:
         """Close the circuit now (an operator's override after fixing the RPC)."""
         if self._opened_at is not None:
+            metrics.BREAKER_TRANSITIONS.labels(self.name, CLOSED).inc()
             logger.info("circuit closed by reset", breaker=self.name)
         self._failures = 0
         self._opened_at = None
@@ -160,10 +161,12 @@ class CircuitBreaker:
                 f"next probe within {self.reset_timeout_s:.1f} s"
             )
         if state == HALF_OPEN:
+            metrics.BREAKER_TRANSITIONS.labels(self.name, HALF_OPEN).inc()
             self._probing = True
 
     def _succeeded(self) -> None:
         if self._opened_at is not None:
+            metrics.BREAKER_TRANSITIONS.labels(self.name, CLOSED).inc()
             logger.info("circuit closed, resuming", breaker=self.name)
         self._failures = 0
         self._opened_at = None
@@ -174,6 +177,7 @@ class CircuitBreaker:
         reopen = self._opened_at is not None
         if reopen or self._failures >= self.failure_threshold:
             self._opened_at = self._clock()
+            metrics.BREAKER_TRANSITIONS.labels(self.name, OPEN).inc()
             logger.warning(
                 "circuit opened, pausing work that needs the RPC",
                 breaker=self.name,

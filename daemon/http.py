@@ -1,6 +1,6 @@
 """The daemon's window for operators: ``/metrics``, ``/healthz`` and ``/readyz``.
 
-A daemon component named ``http``. It serves on ``HAVEN_LISTEN_HOST`` at
+A daemon component named ``http``. It serves on ``HAVEN_DAEMON_HOST`` at
 ``HAVEN_DAEMON_PORT`` (0 turns the server off) and reports the daemon's
 circuit breakers to PostgreSQL, where the admin API reads and resets them
 (:mod:`haven.breaker_states`). ``/metrics`` carries the event counters of
@@ -70,7 +70,7 @@ class Http:
             await asyncio.gather(reporting, return_exceptions=True)
 
     async def _serve(self, stopping: asyncio.Event) -> None:
-        host, port = self.settings.listen_host, self.settings.daemon_port
+        host, port = self.settings.daemon_host, self.settings.daemon_port
         runner = web.AppRunner(
             self.app(), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
         )

@@ -183,14 +183,11 @@ class Leases:
     @classmethod
     def from_settings(cls, settings: Settings, wanted: WantedNames) -> Leases:
         """Build the daemon's leases from its settings."""
-        # TODO: declare HAVEN_LEASE_POLL_MS and HAVEN_LEASE_TTL_MS in
-        # haven.settings — until then every daemon polls each second and a
-        # frozen daemon's leases move after ten seconds.
         return cls(
             settings.database_url.reveal(),
             wanted,
-            poll_ms=getattr(settings, "lease_poll_ms", DEFAULT_POLL_MS),
-            ttl_ms=getattr(settings, "lease_ttl_ms", DEFAULT_TTL_MS),
+            poll_ms=settings.lease_poll_ms,
+            ttl_ms=settings.lease_ttl_ms,
         )
 
     # --- what consumers call -------------------------------------------------

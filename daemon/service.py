@@ -1,4 +1,4 @@
-"""The daemon process: the submitter and the chain tailer under one owner.
+"""The daemon process: submitter, tailer, reconciler and metrics under one owner.
 
 ``run`` opens PostgreSQL, Redis and the chain client, refuses to start on an
 outdated schema or the wrong chain, then runs every component as a task it
@@ -40,29 +40,45 @@ ComponentFactory = Callable[
 ]
 
 
-# One lease per component that must not run twice at once. Peers share
-# them: with two daemons, one submits while the other tails.
-LEASED_COMPONENTS = ("submitter", "tailer")
+# One lease per component that must not run twice at once, plus one per
+# working signer (``signer:<address>``). Peers share them fairly: with two
+# daemons and two signers, each signs for one.
+LEASED_COMPONENTS = ("tailer", "reconciler")
 
 
 async def default_components(
     settings: Settings, pool: db.Pool, chain: ChainClient
 ) -> list[Component]:
+    from haven.daemon import signers, submitter
+    from haven.daemon.http import Http
     from haven.daemon.leases import Leases
-    from haven.daemon.submitter import Submitter
     from haven.daemon.tailer import Tailer
+    from haven.reconciler.config import ReconcilerConfig
+    from haven.reconciler.service import Reconciler
 
     async def wanted() -> tuple[str, ...]:
-        return LEASED_COMPONENTS
+        async with db.translate_errors(), pool.acquire() as conn:
+            working = await signers.listing(conn, signers.WORKING)
+        leased = (submitter.lease_of(row.address) for row in working)
+        return (*LEASED_COMPONENTS, *leased)
 
-    # TODO: give the submitter one lease per signer (Leases.held/step/fence)
-    # instead of one for all — until then a single daemon signs for every
-    # signer and more daemons add failover, not throughput.
     leases = Leases.from_settings(settings, wanted)
+    # Read now, so a bad setting stops start-up rather than the first lease win.
+    reconciling = ReconcilerConfig.from_settings(settings)
+    # Not leased: every daemon runs a submitter, which works only the signers
+    # whose lease this daemon holds, and serves its own /metrics.
+    minting = submitter.Submitter(settings, pool, chain, leases=leases)
+    operators = Http(settings, pool, chain)
+    operators.watch(minting.breaker)
     return [
         leases,
-        leases.exclusive("submitter", lambda: Submitter(settings, pool, chain)),
+        minting,
         leases.exclusive("tailer", lambda: Tailer(settings, pool, chain)),
+        leases.exclusive(
+            "reconciler",
+            lambda: Reconciler(settings, pool, chain, config=reconciling),
+        ),
+        operators,
     ]
 
 

@@ -1,6 +1,7 @@
 """The submitter: ready intents in, signed and persisted mints out, each paid once.
 
-Every cycle, for each signer that is active or draining, in this order:
+Every cycle, for each signer that is active or draining and whose lease this
+daemon holds (one daemon per signer, see :class:`Submitter`), in this order:
 
 1. observe  — the chain head, the signer's ``latest`` and ``pending`` nonces
    and our counter (``signers.next_nonce``);
@@ -44,14 +45,14 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import asyncpg
 from loguru import logger
 
-from haven import chain, db, intents, token
+from haven import chain, db, intents, logs, metrics, token
 from haven.chain import ChainClient, from_hex
 from haven.daemon import (
     alerts_outbox,
@@ -68,6 +69,7 @@ from haven.daemon import (
 from haven.daemon.alerts_outbox import CRITICAL, WARNING
 from haven.daemon.attempts import Attempt
 from haven.daemon.fees import Fees, Market
+from haven.daemon.leases import LeaseLostError, Leases
 from haven.daemon.nonces import ChainView
 from haven.errors import (
     ChainMismatchError,
@@ -120,8 +122,6 @@ _CONFIGURATION_REFUSALS = frozenset(
 )
 _BUSY_REFUSALS = frozenset({chain.POOL_FULL, chain.RATE_LIMITED})
 
-HELD = "held"
-ADOPTED = "adopted"
 SignerLoader = Callable[[str], Awaitable[custody.Signer]]
 
 
@@ -155,15 +155,9 @@ class CrashPoints:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _setting(settings: Settings, key: str, default: Any) -> Any:
-    # Settings the lead has yet to add (see the closing note of the issue):
-    # picked up as soon as the field exists, the documented default until then.
-    return getattr(settings, key, default)
-
-
 @dataclass(frozen=True)
 class SubmitterOptions:
-    """Tunables not (yet) in Settings; every default is production-sane."""
+    """The submitter's tunables; every default is production-sane."""
 
     caps: policy.Caps = field(default_factory=policy.Caps)
     stuck_after_blocks: int = 3
@@ -178,39 +172,35 @@ class SubmitterOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SubmitterOptions:
-        base = cls()
+        """Return the options ``settings`` declares; the others keep their defaults."""
         caps = policy.Caps(
-            per_intent_wei=_setting(
-                settings, "cap_per_intent_wei", base.caps.per_intent_wei
-            ),
-            partner_daily_wei=_setting(
-                settings, "cap_partner_daily_wei", base.caps.partner_daily_wei
-            ),
-            global_daily_wei=_setting(
-                settings, "cap_global_daily_wei", base.caps.global_daily_wei
-            ),
+            per_intent_wei=settings.cap_per_intent_wei,
+            partner_daily_wei=settings.cap_partner_daily_wei,
+            global_daily_wei=settings.cap_global_daily_wei,
         )
         return cls(
             caps=caps,
-            stuck_after_blocks=_setting(
-                settings, "stuck_after_blocks", base.stuck_after_blocks
-            ),
-            min_tip_wei=_setting(settings, "min_tip_wei", base.min_tip_wei),
-            breaker_failures=_setting(
-                settings, "rpc_breaker_failures", base.breaker_failures
-            ),
-            breaker_reset_s=_setting(
-                settings, "rpc_breaker_reset_s", base.breaker_reset_s
-            ),
+            stuck_after_blocks=settings.stuck_after_blocks,
+            min_tip_wei=settings.min_tip_wei,
+            breaker_failures=settings.rpc_breaker_failures,
+            breaker_reset_s=float(settings.rpc_breaker_reset_s),
         )
 
 
-# TODO: take signer leases (daemon/leases.py) so that daemons sharing a
-# database split the signers — until then two daemons would both re-send and
-# re-price the same nonces (still paid once: nonces are taken under the signer
-# row lock and the contract refuses a second mint of an intent id).
+def lease_of(address: str) -> str:
+    """Return the lease that makes one daemon the only one working ``address``."""
+    return f"signer:{address}"
+
+
 class Submitter:
-    """Sign, persist and broadcast mints; keep every signer's nonces gap-free."""
+    """Sign, persist and broadcast mints; keep every signer's nonces gap-free.
+
+    With ``leases``, it works only the signers whose ``signer:<address>``
+    lease this daemon holds (see :func:`lease_of`), each signer's work as one
+    lease step, and every transaction that takes a nonce or records an
+    attempt is fenced on the lease after the signer row is locked. Without
+    ``leases`` it works every signer: for a daemon that runs alone.
+    """
 
     name = "submitter"
 
@@ -223,6 +213,7 @@ class Submitter:
         options: SubmitterOptions | None = None,
         crash_at: str | None = None,
         load_signer: SignerLoader | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -244,6 +235,7 @@ class Submitter:
         spec = crash_at if crash_at is not None else os.environ.get(CRASH_ENV)
         self.crash = CrashPoints(spec)
         self._load_signer = load_signer or self._load_local_signer
+        self.leases = leases
         self._signers: dict[str, custody.Signer] = {}
         self._reconciled: set[str] = set()
         self._fault: str | None = None
@@ -268,9 +260,18 @@ class Submitter:
         poll_s = self.settings.poll_interval_ms / 1000
         logger.info("submitter started", token=self.token_address)
         while not stopping.is_set():
-            if not await self._cycle_safely():
-                await _wait(stopping, poll_s)
+            held = self._held()
+            if await self._cycle_safely():
+                continue
+            # A signer lease won meanwhile is worked at once, not a poll later.
+            waits: list[Awaitable[object]] = [stopping.wait()]
+            if self.leases is not None:
+                waits.append(self.leases.wait_changed(held))
+            await _first(poll_s, *waits)
         logger.info("submitter stopped")
+
+    def _held(self) -> frozenset[str]:
+        return self.leases.held() if self.leases is not None else frozenset()
 
     async def _cycle_safely(self) -> bool:
         try:
@@ -308,23 +309,63 @@ class Submitter:
         head = await self._rpc(self.chain.block_number)
         busy = False
         for row in rows:
-            busy = await self._work_signer(row, head) or busy
+            busy = await self._work_leased(row, head) or busy
         return busy
 
     async def _working_signers(self) -> list[signers.SignerRow]:
+        """Return the working signers this daemon may act for, keys loaded."""
         async with self._conn() as conn:
             rows = await signers.listing(conn, signers.WORKING)
-        working = {row.address for row in rows}
-        for address in list(self._signers):
-            if address not in working:
-                del self._signers[address]
-        for row in rows:
-            if row.address not in self._signers:
-                self._signers[row.address] = await self._load_signer(row.address)
         if not rows and not self._idle_warned:
             logger.warning("no active signer; create one with `haven wallet create`")
         self._idle_warned = not rows
-        return rows
+
+        mine = [row for row in rows if self._may_act_for(row.address)]
+        kept = {row.address for row in mine}
+        for address in list(self._signers):
+            if address not in kept:
+                # Another daemon may work it meanwhile: reconcile it again
+                # with the chain if it comes back here.
+                del self._signers[address]
+                self._reconciled.discard(address)
+        for row in mine:
+            if row.address not in self._signers:
+                self._signers[row.address] = await self._load_signer(row.address)
+        return mine
+
+    def _may_act_for(self, address: str) -> bool:
+        return self.leases is None or self.leases.is_held(lease_of(address))
+
+    async def _work_leased(self, row: signers.SignerRow, head: int) -> bool:
+        """Work one signer as one step of its lease; stop if the lease goes."""
+        if self.leases is None:
+            return await self._work_signer(row, head)
+        try:
+            async with self.leases.step(lease_of(row.address)):
+                return await self._work_signer(row, head)
+        except LeaseLostError as exc:
+            # Whatever was fenced out rolled back; sends already made are
+            # committed bytes, which the new holder tends as its own.
+            self._reconciled.discard(row.address)
+            if self.leases.is_handing_over(lease_of(row.address)):
+                logger.info("signer handed to a peer daemon", signer=row.address)
+                return False
+            logger.warning(
+                "signer lease lost; leaving the signer to the daemon holding it",
+                signer=row.address,
+                error=str(exc),
+            )
+            return False
+
+    async def _fence(self, conn: asyncpg.Connection, address: str) -> None:
+        """Raise LeaseLostError unless this daemon still holds ``address``'s lease.
+
+        Call it right after locking the signer row in a transaction that
+        takes a nonce or records an attempt: a daemon that takes the lease
+        over later waits on that row lock, then sees what was committed.
+        """
+        if self.leases is not None:
+            await self.leases.fence(conn, lease_of(address))
 
     async def _load_local_signer(self, address: str) -> custody.Signer:
         return await custody.load_signer(self.pool, self.settings, address)
@@ -362,6 +403,8 @@ class Submitter:
 
     async def _skip_used(self, view: ChainView, address: str) -> ChainView:
         async with db.transaction(self.pool) as conn:
+            await signers.get(conn, address, for_update=True)
+            await self._fence(conn, address)
             skipped = await nonces.skip_used(conn, address, view.latest)
             if skipped:
                 await alerts_outbox.raise_alert(
@@ -400,10 +443,14 @@ class Submitter:
         """Find which of our attempts used ``nonce``; re-assign if none did."""
         async with self._conn() as conn:
             group = await attempts.at_nonce(conn, signer.address, nonce)
+            request_ids = await intents.request_ids(
+                conn, _distinct(a.intent_id for a in group)
+            )
         for attempt in reversed(group):
             receipt = await self._rpc(self.chain.get_receipt, attempt.tx_hash)
             if receipt is not None:
-                await self._saw_receipt(attempt, receipt)
+                with logs.correlated(request_ids.get(attempt.intent_id)):
+                    await self._saw_receipt(attempt, receipt)
                 return
         for intent_id in _distinct(a.intent_id for a in group if a.is_live):
             if await self._is_minted(intent_id):
@@ -437,6 +484,7 @@ class Submitter:
         address = signer.address
         async with db.transaction(self.pool) as conn:
             await signers.get(conn, address, for_update=True)
+            await self._fence(conn, address)
             intent = await intents.get(conn, intent_id, for_update=True)
             if not _is_in_flight_at(intent, address, old):
                 return
@@ -444,7 +492,8 @@ class Submitter:
             nonce = await nonces.allocate(conn, address, statuses=signers.WORKING)
             if nonce is None:
                 return
-            attempt = await self._sign(conn, signer, intent, nonce, offer)
+            with logs.correlated(intent.request_id):
+                attempt = await self._sign(conn, signer, intent, nonce, offer)
             reason = f"nonce {old} used by a transaction outside the daemon"
             await attempts.drop_live(conn, intent_id, address, old, reason=reason)
             await intents.transition(
@@ -469,10 +518,11 @@ class Submitter:
                     "intent is not minted: another transaction used it",
                 },
             )
-        _log(attempt).warning(
-            "nonce used outside the daemon; intent moved to a fresh nonce",
-            old_nonce=old,
-        )
+        with logs.correlated(intent.request_id):
+            _log(attempt).warning(
+                "nonce used outside the daemon; intent moved to a fresh nonce",
+                old_nonce=old,
+            )
 
     # --- 4. in-flight nonces: re-send, refill, re-price ------------------
 
@@ -484,6 +534,9 @@ class Submitter:
             found = await attempts.in_nonce_range(
                 conn, signer.address, view.latest, row.next_nonce
             )
+            request_ids = await intents.request_ids(
+                conn, _distinct(a.intent_id for a in found)
+            )
         by_nonce: dict[int, list[Attempt]] = {}
         for attempt in found:
             by_nonce.setdefault(attempt.nonce, []).append(attempt)
@@ -493,7 +546,9 @@ class Submitter:
             if group is None:
                 await self._gap(signer.address, Nonce(nonce), view)
                 return None
-            if not await self._tend_nonce(signer, group, view, market):
+            with logs.correlated(request_ids.get(group[-1].intent_id)):
+                tended = await self._tend_nonce(signer, group, view, market)
+            if not tended:
                 return None
         return row.next_nonce
 
@@ -597,6 +652,7 @@ class Submitter:
     ) -> Attempt | None:
         async with db.transaction(self.pool) as conn:
             await signers.get(conn, signer.address, for_update=True)
+            await self._fence(conn, signer.address)
             intent = await intents.get(conn, base.intent_id, for_update=True)
             if not _is_in_flight_at(intent, signer.address, base.nonce):
                 return None
@@ -616,6 +672,7 @@ class Submitter:
             max_fee_wei=offer.max_fee_wei,
             max_priority_fee_wei=offer.max_priority_fee_wei,
         )
+        metrics.GAS_BUMPS.labels(signer.address).inc()
         self.crash.hit("after_bump")
         return attempt
 
@@ -630,50 +687,69 @@ class Submitter:
         if capacity <= 0:
             return 0
         async with self._conn() as conn:
-            if not await _has_ready(conn):
+            if not await intents.has_ready(conn):
                 return 0
         offer = fees.initial(await self._market(), max_fee_wei=self.rules.max_fee_wei)
         sent = 0
         while sent < capacity:
-            attempt = await self._allocate_one(signer, offer)
-            if attempt is None:
+            claimed = await self._allocate_one(signer, offer)
+            if claimed is None:
                 break
-            if isinstance(attempt, str):  # held for approval: no nonce taken
+            intent, attempt = claimed
+            if attempt is None:  # set aside: no nonce taken
                 continue
             sent += 1
-            if await self._send(signer, attempt, view.head_block) != ACCEPTED:
+            with logs.correlated(intent.request_id):
+                outcome = await self._send(signer, attempt, view.head_block)
+            if outcome != ACCEPTED:
                 break
         return sent
 
     async def _allocate_one(
         self, signer: custody.Signer, offer: Fees
-    ) -> Attempt | str | None:
+    ) -> tuple[Intent, Attempt | None] | None:
         """Sign the oldest ready intent at the signer's next nonce, or set it aside.
 
-        Returns the attempt, a string when the intent was set aside without
-        taking a nonce (held for approval, or already minted), or None when
-        there is nothing (more) to sign.
+        Returns the intent claimed and its attempt — None when the intent was
+        set aside without taking a nonce (held for approval, or already
+        minted) — or None when there is nothing (more) to sign.
         """
         address = signer.address
         async with db.transaction(self.pool) as conn:
             row = await signers.get(conn, address, for_update=True)
+            await self._fence(conn, address)
             if row is None or row.status != signers.ACTIVE:
                 return None
-            intent = await _claim_ready(conn)
+            intent = await intents.claim_ready(conn)
             if intent is None:
                 return None
-            if await self._is_minted(intent.id):
-                return await self._adopt(conn, intent)
-            if await self._hold(conn, intent):
-                return HELD
-            attempt = await self._submit(conn, signer, intent, offer)
-            self.crash.hit("after_allocate")
-        _log(attempt).info(
-            "tx signed",
-            max_fee_wei=offer.max_fee_wei,
-            max_priority_fee_wei=offer.max_priority_fee_wei,
-        )
+            with logs.correlated(intent.request_id):
+                attempt = await self._sign_or_set_aside(conn, signer, intent, offer)
+        if attempt is None:
+            return intent, None
+        with logs.correlated(intent.request_id):
+            _log(attempt).info(
+                "tx signed",
+                max_fee_wei=offer.max_fee_wei,
+                max_priority_fee_wei=offer.max_priority_fee_wei,
+            )
         self.crash.hit("after_commit")
+        return intent, attempt
+
+    async def _sign_or_set_aside(
+        self,
+        conn: asyncpg.Connection,
+        signer: custody.Signer,
+        intent: Intent,
+        offer: Fees,
+    ) -> Attempt | None:
+        if await self._is_minted(intent.id):
+            await self._adopt(conn, intent)
+            return None
+        if await self._hold(conn, intent):
+            return None
+        attempt = await self._submit(conn, signer, intent, offer)
+        self.crash.hit("after_allocate")
         return attempt
 
     async def _hold(self, conn: asyncpg.Connection, intent: Intent) -> bool:
@@ -692,7 +768,7 @@ class Submitter:
         )
         return True
 
-    async def _adopt(self, conn: asyncpg.Connection, intent: Intent) -> str:
+    async def _adopt(self, conn: asyncpg.Connection, intent: Intent) -> None:
         """Never sign again an intent the chain shows minted (a restored database).
 
         A mint by one of our signers is adopted: the intent becomes
@@ -715,7 +791,7 @@ class Submitter:
             log.bind(tx_hash="0x" + tx_hash.hex()).warning(
                 "ready intent already minted on chain; adopted its mint"
             )
-            return ADOPTED
+            return
         minter = mint.minter if mint is not None else "an unknown minter"
         reason = f"already minted on chain by {minter}, not by a signer of ours"
         await intents.transition(
@@ -733,7 +809,6 @@ class Submitter:
             {"intent_id": intent_id_hex(intent.id), "minter": minter},
         )
         log.error("ready intent minted by someone else; held — check MINTER_ROLE")
-        return HELD
 
     async def _find_mint(
         self, conn: asyncpg.Connection, intent_id: bytes
@@ -1004,23 +1079,14 @@ def _log(attempt: Attempt) -> Any:
     )
 
 
-async def _has_ready(conn: asyncpg.Connection) -> bool:
-    # Belongs in haven.intents (the owner of the table); see the closing note.
-    found: bool = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM intents WHERE status = 'ready')"
-    )
-    return found
-
-
-async def _claim_ready(conn: asyncpg.Connection) -> Intent | None:
-    # Belongs in haven.intents (the owner of the table); see the closing note.
-    row = await conn.fetchrow(
-        "SELECT * FROM intents WHERE status = 'ready' "
-        "ORDER BY ready_at NULLS LAST, id LIMIT 1 FOR UPDATE SKIP LOCKED"
-    )
-    return Intent.from_row(row) if row is not None else None
-
-
-async def _wait(stopping: asyncio.Event, timeout_s: float) -> None:
-    with suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), timeout_s)
+async def _first(timeout_s: float, *waits: Awaitable[object]) -> None:
+    """Return when any of ``waits`` is done or ``timeout_s`` passed; cancel the rest."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(
+            tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

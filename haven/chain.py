@@ -14,7 +14,6 @@ success).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import re
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ import aiohttp
 import orjson
 from loguru import logger
 
+from haven import metrics
 from haven.errors import ChainMismatchError, RpcResponseError, RpcUnavailableError
 from haven.types import Nonce, TxHash, Wei
 
@@ -47,6 +47,8 @@ UNKNOWN = "unknown"
 UNDERPRICED = "underpriced"
 # The node's own cap on fee x gas (geth --rpc.txfeecap) refuses the offer.
 TX_FEE_TOO_HIGH = "tx_fee_too_high"
+# Not a node error: no answer at all (counted in haven_rpc_errors only).
+UNAVAILABLE = "unavailable"
 
 # Wordings seen from geth, anvil/reth, erigon, nethermind, besu and common
 # providers (Alchemy, Infura, QuickNode, Ankr). Order matters: the first
@@ -249,7 +251,8 @@ class ChainClient:
             async with self._client().post(url, json=payload) as response:
                 text = await response.read()
                 status = response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            metrics.RPC_ERRORS.labels(UNAVAILABLE).inc()
             raise RpcUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         try:
             body = orjson.loads(text)
@@ -257,9 +260,11 @@ class ChainClient:
             body = None
         if not isinstance(body, dict):
             if status == 429:
+                metrics.RPC_ERRORS.labels(RATE_LIMITED).inc()
                 raise RpcResponseError(
                     method, 429, f"HTTP 429: {text[:200]!r}", RATE_LIMITED
                 )
+            metrics.RPC_ERRORS.labels(UNAVAILABLE).inc()
             raise RpcUnavailableError(
                 f"HTTP {status}, not a JSON-RPC answer: {text[:200]!r}"
             )
@@ -272,10 +277,13 @@ class ChainClient:
                 else str(error)
             )
             data = error.get("data") if isinstance(error, dict) else None
-            exc = RpcResponseError(method, code, message, classify(code, message))
-            exc.data = data  # type: ignore[attr-defined]
-            raise exc
+            kind = classify(code, message)
+            refused = RpcResponseError(method, code, message, kind)
+            refused.data = data  # type: ignore[attr-defined]
+            metrics.RPC_ERRORS.labels(kind).inc()
+            raise refused
         if "result" not in body:
+            metrics.RPC_ERRORS.labels(UNAVAILABLE).inc()
             raise RpcUnavailableError(f"answer without result or error: {text[:200]!r}")
         return body["result"]
 

@@ -48,7 +48,10 @@ OUTSTANDING = (HELD, READY, APPROVAL, SUBMITTED, MINED)
 
 
 def derive_id(partner: str, kind: str, source_key: str) -> IntentId:
-    """Return the intent id of a business key: keccak256 of ``haven:v1:partner:kind:key``."""
+    """Return the intent id of a business key.
+
+    The id is keccak256 of ``haven:v1:partner:kind:key``.
+    """
     return IntentId(keccak(f"haven:v1:{partner}:{kind}:{source_key}".encode()))
 
 
@@ -112,7 +115,9 @@ async def create(
     request_id: str | None = None,
     reason: str | None = None,
 ) -> tuple[Intent, bool]:
-    """Insert the intent of a business key unless it exists; return it and whether it is new.
+    """Insert the intent of a business key unless it exists.
+
+    Return the intent and whether it is new.
 
     Idempotent: a second call with the same key returns the stored intent
     untouched. Must run inside the caller's transaction.
@@ -220,8 +225,8 @@ def _column(name: str) -> str:
 async def mark_reversed(connection: asyncpg.Connection, intent_id: bytes) -> None:
     """Flag a minted intent whose partner object was cancelled afterwards."""
     await connection.execute(
-        "UPDATE intents SET reversed_at = coalesce(reversed_at, now()), updated_at = now() "
-        "WHERE id = $1",
+        "UPDATE intents SET reversed_at = coalesce(reversed_at, now()), "
+        "updated_at = now() WHERE id = $1",
         intent_id,
     )
     await _record_event(connection, intent_id, None, "reversed", "cancelled after mint")
@@ -263,3 +268,105 @@ async def _record_event(
         to_status,
         reason,
     )
+
+
+async def has_ready(connection: asyncpg.Connection) -> bool:
+    """Tell whether any intent is ready to be signed."""
+    found: bool = await connection.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM intents WHERE status = 'ready')"
+    )
+    return found
+
+
+async def claim_ready(connection: asyncpg.Connection) -> Intent | None:
+    """Lock and return the oldest ready intent no other transaction holds.
+
+    Rows locked by a concurrent claim are skipped, not waited for, so
+    several signers' transactions each take a different intent. The lock
+    lasts until the caller's transaction ends; must run inside one.
+    """
+    row = await connection.fetchrow(
+        "SELECT * FROM intents WHERE status = 'ready' "
+        "ORDER BY ready_at NULLS LAST, id LIMIT 1 FOR UPDATE SKIP LOCKED"
+    )
+    return Intent.from_row(row) if row is not None else None
+
+
+async def request_ids(
+    connection: asyncpg.Connection, intent_ids: list[bytes]
+) -> dict[bytes, str]:
+    """Return the partner request id of each of ``intent_ids`` that has one."""
+    rows = await connection.fetch(
+        "SELECT id, request_id FROM intents "
+        "WHERE id = ANY($1::bytea[]) AND request_id IS NOT NULL",
+        intent_ids,
+    )
+    return {bytes(row["id"]): row["request_id"] for row in rows}
+
+
+async def search(
+    connection: asyncpg.Connection,
+    *,
+    status: str | None = None,
+    partner: str | None = None,
+    kind: str | None = None,
+    wallet: str | None = None,
+    signer: str | None = None,
+    request_id: str | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    after: tuple[datetime, bytes] | None = None,
+    limit: int,
+) -> list[Intent]:
+    """Return intents matching every filter given, newest first.
+
+    ``created_to`` is exclusive; ``after`` is the (created_at, id) of the
+    last intent of the previous page. Read-only.
+    """
+    rows = await connection.fetch(
+        """
+        SELECT * FROM intents
+         WHERE ($1::text IS NULL OR status = $1)
+           AND ($2::text IS NULL OR partner = $2)
+           AND ($3::text IS NULL OR kind = $3)
+           AND ($4::text IS NULL OR wallet = $4)
+           AND ($5::text IS NULL OR signer = $5)
+           AND ($6::text IS NULL OR request_id = $6)
+           AND ($7::timestamptz IS NULL OR created_at >= $7)
+           AND ($8::timestamptz IS NULL OR created_at < $8)
+           AND ($9::timestamptz IS NULL OR (created_at, id) < ($9, $10::bytea))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $11
+        """,
+        status,
+        partner,
+        kind,
+        wallet,
+        signer,
+        request_id,
+        created_from,
+        created_to,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+    return [Intent.from_row(row) for row in rows]
+
+
+async def nonces_held(
+    connection: asyncpg.Connection, signer: str, *, at_or_above: int, limit: int
+) -> list[int]:
+    """Return nonces of ``signer`` from ``at_or_above`` up that live intents hold.
+
+    Live means ready, submitted or mined: a nonce such an intent holds may
+    still be sent or be mined. Lowest first, at most ``limit``. Read-only.
+    """
+    rows = await connection.fetch(
+        "SELECT nonce FROM intents WHERE signer = $1 AND nonce >= $2 "
+        "AND status = ANY($3::text[]) ORDER BY nonce LIMIT $4",
+        signer,
+        at_or_above,
+        [READY, SUBMITTED, MINED],
+        limit,
+    )
+    return [row["nonce"] for row in rows]

@@ -107,7 +107,9 @@ async def list_intents(request: web.Request) -> web.Response:
     query.done()
 
     async with req.context(request).pool.acquire() as connection:
-        found = await search(connection, filters, after=after, limit=limit + 1)
+        found = await intents.search(
+            connection, **filters, after=after, limit=limit + 1
+        )
     page = found[:limit]
     cursor = None
     if len(found) > limit:
@@ -133,45 +135,6 @@ def _position(query: req.Query) -> tuple[datetime, bytes] | None:
         )
         return None
     return at, intent_id
-
-
-async def search(
-    connection: asyncpg.Connection,
-    filters: dict[str, Any],
-    *,
-    after: tuple[datetime, bytes] | None,
-    limit: int,
-) -> list[Intent]:
-    """Return intents matching ``filters``, newest first, after a page position."""
-    # haven.intents offers no filtered listing; this is a read-only query.
-    rows = await connection.fetch(
-        """
-        SELECT * FROM intents
-         WHERE ($1::text IS NULL OR status = $1)
-           AND ($2::text IS NULL OR partner = $2)
-           AND ($3::text IS NULL OR kind = $3)
-           AND ($4::text IS NULL OR wallet = $4)
-           AND ($5::text IS NULL OR signer = $5)
-           AND ($6::text IS NULL OR request_id = $6)
-           AND ($7::timestamptz IS NULL OR created_at >= $7)
-           AND ($8::timestamptz IS NULL OR created_at < $8)
-           AND ($9::timestamptz IS NULL OR (created_at, id) < ($9, $10::bytea))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $11
-        """,
-        filters["status"],
-        filters["partner"],
-        filters["kind"],
-        filters["wallet"],
-        filters["signer"],
-        filters["request_id"],
-        filters["created_from"],
-        filters["created_to"],
-        after[0] if after else None,
-        after[1] if after else None,
-        limit,
-    )
-    return [Intent.from_row(row) for row in rows]
 
 
 async def get_intent(request: web.Request) -> web.Response:

@@ -13,12 +13,10 @@ the same lock that serialises the daemon's allocations.
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 from aiohttp import web
 
-from haven import audit, db
+from haven import audit, db, intents
 from haven.chain import ChainClient
 from haven.daemon import attempts, signers
 from haven.errors import ChainError
@@ -127,16 +125,11 @@ async def _refuse_unless_idle(
             f"{len(live)} attempt(s) of {address} are signed or broadcast and "
             "not settled; wait for them or let the daemon finish them",
         )
-    # haven.intents has no query by signer; a read-only look at the table.
-    holding: list[Any] = await connection.fetch(
-        "SELECT nonce FROM intents WHERE signer = $1 AND nonce >= $2 "
-        "AND status = ANY($3::text[]) ORDER BY nonce LIMIT 5",
-        address,
-        latest,
-        ["ready", "submitted", "mined"],
+    holding = await intents.nonces_held(
+        connection, address, at_or_above=latest, limit=5
     )
     if holding:
-        nonces = ", ".join(str(row["nonce"]) for row in holding)
+        nonces = ", ".join(str(nonce) for nonce in holding)
         raise req.conflict(
             "intents_hold_nonces",
             f"intents still hold nonces {nonces} of {address} at or above the "

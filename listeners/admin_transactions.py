@@ -99,11 +99,8 @@ async def overview(request: web.Request) -> web.Response:
     async with db.translate_errors(), context.pool.acquire() as connection:
         live = await attempts.live(connection, signer)
         by_status = await intents.count_by_status(connection)
-        failed = await admin_intents.search(
-            connection,
-            _failed_filter(signer),
-            after=None,
-            limit=FAILED_SHOWN,
+        failed = await intents.search(
+            connection, status=intents.FAILED, signer=signer, limit=FAILED_SHOWN
         )
     head_block = await _head_block(context)
 
@@ -128,12 +125,6 @@ async def overview(request: web.Request) -> web.Response:
             "failed": [admin_intents.intent_json(i) for i in failed],
         }
     )
-
-
-def _failed_filter(signer: str | None) -> dict[str, Any]:
-    filters: dict[str, Any] = dict.fromkeys(admin_intents.LIST_PARAMETERS)
-    filters.update(status=intents.FAILED, signer=signer)
-    return filters
 
 
 async def _head_block(context: req.AdminContext) -> int | None:

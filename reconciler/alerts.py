@@ -39,7 +39,7 @@ from typing import Any
 import asyncpg
 from loguru import logger
 
-from haven import db
+from haven import db, metrics
 from haven.daemon import alerts_outbox
 from haven.errors import HavenError
 from haven.listeners import alerts as security_alerts
@@ -594,6 +594,8 @@ async def _record_delivery(
     message: channels.Message,
     result: channels.DeliveryResult,
 ) -> None:
+    outcome = "sent" if result.is_delivered else "failed"
+    metrics.ALERT_DELIVERIES.labels(result.channel, outcome).inc()
     await connection.execute(
         """
         INSERT INTO alert_deliveries (alert_id, channel, event, message_id,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from harness.anvil import AnvilNode, free_port
-from haven import chain
+from haven import chain, metrics
 from haven.chain import ChainClient
 from haven.errors import ChainMismatchError, RpcResponseError, RpcUnavailableError
 
@@ -31,7 +31,7 @@ async def test_the_wrong_chain_is_a_configuration_error_naming_both_ids(
     anvil: AnvilNode,
 ):
     async with ChainClient([anvil.url], chain_id=1) as client:
-        with pytest.raises(ChainMismatchError, match="31337.*HAVEN_CHAIN_ID=1"):
+        with pytest.raises(ChainMismatchError, match=r"31337.*HAVEN_CHAIN_ID=1"):
             await client.verify_chain_id()
 
 
@@ -45,6 +45,34 @@ async def test_node_errors_carry_code_message_and_kind(anvil: AnvilNode):
     assert (
         caught.value.kind in {chain.UNKNOWN, chain.INTRINSIC_GAS} or caught.value.kind
     )
+
+
+def rpc_errors(kind: str) -> float:
+    """Read haven_rpc_errors_total{kind} from the process's registry."""
+    found = metrics.EVENTS.get_sample_value("haven_rpc_errors_total", {"kind": kind})
+    return found or 0.0
+
+
+async def test_an_endpoint_that_does_not_answer_counts_an_unavailable_rpc_error():
+    dead = f"http://127.0.0.1:{free_port()}"
+    before = rpc_errors(chain.UNAVAILABLE)
+
+    async with ChainClient([dead], chain_id=1, timeout_s=2) as client:
+        with pytest.raises(RpcUnavailableError):
+            await client.block_number()
+
+    assert rpc_errors(chain.UNAVAILABLE) == before + 1
+
+
+async def test_a_node_error_counts_an_rpc_error_of_its_kind(anvil: AnvilNode):
+    before = rpc_errors(chain.UNKNOWN)
+
+    async with ChainClient([anvil.url], chain_id=anvil.chain_id) as client:
+        with pytest.raises(RpcResponseError) as caught:
+            await client.call("eth_noSuchMethod")
+
+    assert caught.value.kind == chain.UNKNOWN
+    assert rpc_errors(chain.UNKNOWN) == before + 1
 
 
 async def test_a_missing_receipt_is_none_not_an_error(anvil: AnvilNode):
@@ -64,7 +92,8 @@ async def test_a_missing_receipt_is_none_not_an_error(anvil: AnvilNode):
         (-32000, "replacement transaction underpriced", chain.REPLACEMENT_UNDERPRICED),
         (
             -32000,
-            "max fee per gas less than block base fee: address 0x1, maxFeePerGas: 1, baseFee: 7",
+            "max fee per gas less than block base fee: "
+            "address 0x1, maxFeePerGas: 1, baseFee: 7",
             chain.FEE_CAP_BELOW_BASE_FEE,
         ),
         (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from haven import chain
+from haven import chain, metrics
 from haven.daemon import breaker
 from haven.daemon.breaker import BreakerOpenError, CircuitBreaker
 from haven.errors import RpcResponseError, RpcUnavailableError
@@ -126,3 +126,53 @@ async def test_reset_closes_an_open_circuit_at_once():
 
     assert circuit.snapshot().state == breaker.CLOSED
     assert await circuit.call(endpoint) == "ok"
+
+
+def transitions(name: str, state: str) -> float:
+    """Read haven_breaker_transitions_total{breaker, state} from the registry."""
+    found = metrics.EVENTS.get_sample_value(
+        "haven_breaker_transitions_total", {"breaker": name, "state": state}
+    )
+    return found or 0.0
+
+
+async def test_every_state_change_is_counted_once_by_breaker_and_new_state():
+    clock, endpoint = Clock(), Endpoint()
+    circuit = CircuitBreaker(
+        "test-transitions",
+        failure_threshold=1,
+        reset_timeout_s=5.0,
+        attempts=1,
+        clock=clock,
+    )
+    states = (breaker.OPEN, breaker.HALF_OPEN, breaker.CLOSED)
+    before = {state: transitions(circuit.name, state) for state in states}
+    endpoint.down = True
+
+    with pytest.raises(RpcUnavailableError):
+        await circuit.call(endpoint)  # opens
+    clock.now += 5.0
+    with pytest.raises(RpcUnavailableError):
+        await circuit.call(endpoint)  # half-opens, the probe fails: opens again
+    clock.now += 5.0
+    endpoint.down = False
+    await circuit.call(endpoint)  # half-opens, the probe succeeds: closes
+    endpoint.down = True
+    with pytest.raises(RpcUnavailableError):
+        await circuit.call(endpoint)  # opens
+    circuit.reset()  # closes
+
+    grew = {state: transitions(circuit.name, state) - before[state] for state in states}
+    assert grew == {breaker.OPEN: 3, breaker.HALF_OPEN: 2, breaker.CLOSED: 2}
+
+
+async def test_calls_through_a_closed_circuit_count_no_transition():
+    clock, endpoint = Clock(), Endpoint()
+    circuit = make(clock)
+    states = (breaker.OPEN, breaker.HALF_OPEN, breaker.CLOSED)
+    before = {state: transitions(circuit.name, state) for state in states}
+
+    await circuit.call(endpoint)
+    circuit.reset()
+
+    assert {state: transitions(circuit.name, state) for state in states} == before

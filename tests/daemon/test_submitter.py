@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from eth_account import Account
+from loguru import logger
 
 from harness import chainsetup
 from harness.anvil import DEV_KEYS
 from harness.minting import GUEST, Rig, wait_for
 from harness.rpcproxy import DROP, DROP_RESPONSE, ERROR, running_proxy
-from haven import db, intents, token
+from haven import db, intents, metrics, token
 from haven.daemon import attempts, submitter
 from haven.daemon.custody import Signer
+from haven.daemon.submitter import SubmitterOptions
 from haven.errors import ChainMismatchError
-from haven.types import ONE_HNV, IntentId, Wei
+from haven.types import ONE_HNV, IntentId, Wei, intent_id_hex
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -375,3 +379,70 @@ async def test_a_ready_intent_minted_by_a_stranger_is_held_with_an_alert(rig: Ri
 
 async def alerted(rig: Rig, rule: str) -> bool:
     return bool(await rig.alerts(rule))
+
+
+# --- what operators see -------------------------------------------------------
+
+REQUEST_ID = "req-aurora-7f3a2c91"
+
+
+async def tried(rig: Rig, intent_id: IntentId, count: int) -> bool:
+    return len(await rig.attempts_of(intent_id)) >= count
+
+
+def gas_bumps(signer: str) -> float:
+    found = metrics.EVENTS.get_sample_value("haven_gas_bumps_total", {"signer": signer})
+    return found or 0.0
+
+
+async def test_a_bump_is_counted_and_each_log_line_of_an_intent_has_its_request_id(
+    rig: Rig,
+):
+    async with db.transaction(rig.pool) as conn:
+        intent, _ = await intents.create(
+            conn,
+            partner="aurora",
+            kind="booking",
+            source_key="CORRELATED-1",
+            wallet=GUEST,
+            amount_wei=Wei(ONE_HNV),
+            rule_version="rig-1",
+            status=intents.READY,
+            request_id=REQUEST_ID,
+        )
+    signer = rig.signer or ""
+    bumps_before = gas_bumps(signer)
+    lines: list[dict[str, Any]] = []
+    sink = logger.add(
+        lambda message: lines.append(orjson.loads(str(message))["record"]),
+        serialize=True,
+        level="DEBUG",
+    )
+    options = SubmitterOptions(breaker_reset_s=0.2, stuck_after_blocks=1)
+    try:
+        async with running_proxy(rig.node.url, replacement_rule=True) as proxy:
+            proxy.hold_sends = True
+            async with rig.running(rig.submitter(rpc_url=proxy.url, options=options)):
+                await wait_for(lambda: tried(rig, intent.id, 1), what="a send")
+                await rig.node.mine(2)
+                await wait_for(lambda: tried(rig, intent.id, 2), what="a bump")
+                await proxy.release_held()
+                await rig.wait_minted([intent.id])
+                await wait_for(lambda: logged(lines, "tx mined"), what="the receipt")
+    finally:
+        logger.remove(sink)
+
+    signed = await rig.attempts_of(intent.id)
+    assert gas_bumps(signer) - bumps_before == len(signed) - 1 >= 1
+    of_intent = [
+        line
+        for line in lines
+        if line["extra"].get("intent_id") == intent_id_hex(intent.id)
+    ]
+    messages = {line["message"] for line in of_intent}
+    assert {"tx signed", "tx broadcast", "tx bumped", "tx mined"} <= messages
+    assert {line["extra"].get("request_id") for line in of_intent} == {REQUEST_ID}
+
+
+async def logged(lines: list[dict[str, Any]], message: str) -> bool:
+    return any(line["message"] == message for line in lines)

@@ -98,13 +98,14 @@ async def test_tail_lag_and_signer_balances_are_read_from_the_chain(
     assert balance == 10_000 * 10**18  # anvil's funded dev account
 
 
-async def test_the_daemon_serves_metrics_health_and_its_breakers(
+async def test_the_daemon_serves_metrics_health_and_its_breakers_on_its_own_host(
     database_url, redis_prefix, anvil
 ):
     port = free_port()
     loaded = settings.load(
         environ(database_url, redis_prefix, anvil.url)
-        | {"HAVEN_DAEMON_PORT": str(port)}
+        # Another loopback address than the listener's, to tell the two apart.
+        | {"HAVEN_DAEMON_HOST": "127.0.0.2", "HAVEN_DAEMON_PORT": str(port)}
     )
     breaker = CircuitBreaker("rpc", failure_threshold=1, attempts=1)
     await _trip(breaker)
@@ -114,7 +115,7 @@ async def test_the_daemon_serves_metrics_health_and_its_breakers(
         component = http.Http(loaded, pool, chain, breakers=[breaker])
         running = asyncio.create_task(component.run(stopping))
         try:
-            base = f"http://127.0.0.1:{port}"
+            base = f"http://127.0.0.2:{port}"
             health = await _get_when_up(f"{base}/healthz")
             text = await _get_when_up(f"{base}/metrics")
         finally:

@@ -22,9 +22,14 @@ FUND_WEI = 10 * 10**18
 
 
 async def deployed_environ(
-    database_url: str, redis_prefix: str, node: AnvilNode, **extra: str
+    database_url: str,
+    redis_prefix: str,
+    node: AnvilNode,
+    *,
+    signers: int = 1,
+    **extra: str,
 ) -> dict[str, str]:
-    """Deploy HNV and a funded minter; return the settings of the deployment."""
+    """Deploy HNV and ``signers`` funded minters; return the deployment's settings."""
     environ = haven_environ(
         database_url,
         redis_prefix,
@@ -35,7 +40,9 @@ async def deployed_environ(
         HAVEN_DEPLOYER_KEY=DEV_KEYS[0],
         **extra,
     )
-    deployed = await deploy.deploy(settings.load(environ), fund_wei=Wei(FUND_WEI))
+    deployed = await deploy.deploy(
+        settings.load(environ), fund_wei=Wei(FUND_WEI), signers=signers
+    )
     return environ | {
         "HAVEN_TOKEN_ADDRESS": deployed.token_address,
         "HAVEN_START_BLOCK": str(deployed.deploy_block),

@@ -33,8 +33,10 @@ from ops.deployments import (
 from ops.processes import HAVEN
 from standardwebhooks.webhooks import Webhook
 
-from harness.anvil import free_port
+from harness import chainsetup
+from harness.anvil import AnvilNode, free_port
 from haven import intents
+from haven.daemon import submitter
 from haven.daemon.leases import LeaseLostError, Leases, lock_key
 
 HOLDER = Path(__file__).with_name("lease_holder.py")
@@ -264,37 +266,80 @@ async def test_stopping_hides_the_lease_but_keeps_the_lock_until_steps_end(
 # --- two real daemons on one chain ---------------------------------------------
 
 
+async def signer_addresses(dsn: str) -> list[str]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch("SELECT address FROM signers ORDER BY address")
+    finally:
+        await connection.close()
+    return [row["address"] for row in rows]
+
+
+class Daemons:
+    """Real `haven run` processes, told apart by the pid in their lease session."""
+
+    def __init__(self, dsn: str, started: list[processes.Process]) -> None:
+        self.dsn = dsn
+        self.by_pid = {daemon.pid: daemon for daemon in started}
+
+    async def owner(self, lease: str) -> processes.Process | None:
+        """Return the one daemon holding ``lease``, or None."""
+        owners = await lease_owners(self.dsn, lease)
+        pids = [int(owner.rsplit(":", 1)[1]) for owner in owners]
+        return self.by_pid.get(pids[0]) if len(pids) == 1 else None
+
+    async def stop(self) -> None:
+        for daemon in self.by_pid.values():
+            await daemon.stop()
+
+
+async def nonces_agree_with_the_chain(dsn: str, node: AnvilNode) -> dict[str, int]:
+    """Per signer, the mints the chain counts; fail on any gap or double use."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch("SELECT address, next_nonce FROM signers")
+        counted = {}
+        for row in rows:
+            used = await connection.fetch(
+                "SELECT DISTINCT nonce FROM tx_attempts WHERE signer = $1",
+                row["address"],
+            )
+            assert {r["nonce"] for r in used} == set(range(row["next_nonce"]))
+            on_chain = await chainsetup.nonce_of(node, row["address"])
+            assert on_chain == row["next_nonce"], row["address"]
+            counted[row["address"]] = on_chain
+    finally:
+        await connection.close()
+    return counted
+
+
 async def test_standby_daemon_takes_over_minting_with_no_double_and_no_lost_mint(
     database_url, redis_prefix, anvil, tmp_path
 ):
     environ = await deployed_environ(database_url, redis_prefix, anvil)
+    [signer] = await signer_addresses(database_url)
     intent_ids = await seed_ready_intents(database_url, 40, prefix="SCALE")
     first = await processes.start("first", [*HAVEN, "run"], environ, tmp_path)
     second = await processes.start("second", [*HAVEN, "run"], environ, tmp_path)
-    daemons = {first.pid: first, second.pid: second}
+    daemons = Daemons(database_url, [first, second])
     try:
 
         async def minting_started() -> bool:
             found = await statuses(database_url)
             return found[intents.READY] < len(intent_ids)
 
-        async def submitter_owner() -> processes.Process | None:
-            owners = await lease_owners(database_url, "submitter")
-            pids = [int(owner.rsplit(":", 1)[1]) for owner in owners]
-            return daemons.get(pids[0]) if len(pids) == 1 else None
-
         await processes.wait_until(minting_started, 60, "the first mints")
-        active = await submitter_owner()
+        active = await daemons.owner(submitter.lease_of(signer))
         assert active is not None
         standby = second if active is first else first
 
         active.signal(signal.SIGKILL)
         killed_at = time.monotonic()
 
-        async def standby_submits() -> bool:
-            return await submitter_owner() is standby
+        async def standby_signs() -> bool:
+            return await daemons.owner(submitter.lease_of(signer)) is standby
 
-        await processes.wait_until(standby_submits, 15, "the standby to take over")
+        await processes.wait_until(standby_signs, 15, "the standby to take over")
         takeover_s = time.monotonic() - killed_at
         await wait_confirmed(database_url, len(intent_ids), anvil, 90)
 
@@ -305,8 +350,90 @@ async def test_standby_daemon_takes_over_minting_with_no_double_and_no_lost_mint
         assert sum(minted.values()) == len(intent_ids)
         assert takeover_s < 5, takeover_s
     finally:
-        for daemon in daemons.values():
-            await daemon.stop()
+        await daemons.stop()
+
+
+async def test_two_daemons_sign_for_one_signer_each_and_a_killed_ones_moves(
+    database_url, redis_prefix, anvil, tmp_path
+):
+    environ = await deployed_environ(
+        database_url,
+        redis_prefix,
+        anvil,
+        signers=2,
+        HAVEN_LOG_FORMAT="json",
+        HAVEN_MAX_IN_FLIGHT="2",
+    )
+    signers = await signer_addresses(database_url)
+    leases = [submitter.lease_of(address) for address in signers]
+    first = await processes.start("first", [*HAVEN, "run"], environ, tmp_path)
+    second = await processes.start("second", [*HAVEN, "run"], environ, tmp_path)
+    daemons = Daemons(database_url, [first, second])
+    try:
+
+        async def one_signer_each() -> bool:
+            owners = [await daemons.owner(lease) for lease in leases]
+            return None not in owners and owners[0] is not owners[1]
+
+        await processes.wait_until(one_signer_each, 30, "the signers to be shared")
+        # Seeded only now, so that both daemons have work to overlap on; a
+        # block a second, two mints each, make the batch outlast the kill.
+        await anvil.rpc("evm_setIntervalMining", [1])
+        intent_ids = await seed_ready_intents(database_url, 60, prefix="SHARE")
+
+        async def both_signing() -> bool:
+            return all([await signed_by(database_url, signer) for signer in signers])
+
+        await processes.wait_until(both_signing, 60, "both signers to sign")
+        victim = await daemons.owner(leases[0])
+        assert victim is not None
+        survivor = second if victim is first else first
+        victim.signal(signal.SIGKILL)
+
+        async def survivor_holds_both() -> bool:
+            owners = [await daemons.owner(lease) for lease in leases]
+            return owners == [survivor, survivor]
+
+        await processes.wait_until(survivor_holds_both, 15, "the signer to move")
+        await wait_confirmed(database_url, len(intent_ids), anvil, 120)
+    finally:
+        await daemons.stop()
+
+    minted = await mints_per_intent(anvil, environ["HAVEN_TOKEN_ADDRESS"])
+    assert {intent_id: minted[intent_id] for intent_id in intent_ids} == {
+        intent_id: 1 for intent_id in intent_ids
+    }
+    assert sum(minted.values()) == len(intent_ids)
+    per_signer = await nonces_agree_with_the_chain(database_url, anvil)
+    assert sum(per_signer.values()) == len(intent_ids)
+    assert all(count > 0 for count in per_signer.values()), per_signer
+    # No overlap: until it died, the victim touched its own signer only.
+    assert worked_for(victim) == {signers[0]}
+    assert worked_for(survivor) == set(signers)
+
+
+def worked_for(daemon: processes.Process) -> set[str]:
+    """Return the signers a daemon signed, sent or bumped for, from its JSON log."""
+    found = set()
+    for line in daemon.log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = orjson.loads(line)["record"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        if record["message"] in ("tx signed", "tx broadcast", "tx bumped"):
+            found.add(record["extra"]["signer"])
+    return found
+
+
+async def signed_by(dsn: str, signer: str) -> bool:
+    connection = await asyncpg.connect(dsn)
+    try:
+        found = await connection.fetchval(
+            "SELECT count(*) FROM tx_attempts WHERE signer = $1", signer
+        )
+    finally:
+        await connection.close()
+    return bool(found)
 
 
 # --- components that run in one daemon at a time -------------------------------

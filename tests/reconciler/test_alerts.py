@@ -15,7 +15,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from harness.anvil import free_port
-from haven import db
+from haven import db, metrics
 from haven.daemon import alerts_outbox
 from haven.listeners import alerts as security_alerts
 from haven.reconciler import alerts, channels
@@ -241,6 +241,42 @@ async def test_a_dead_webhook_is_recorded_and_alerted_by_email_only(
     assert {h["webhook-id"] for h, _ in endpoint.requests} == {
         endpoint.requests[0][0]["webhook-id"]
     }
+
+
+def deliveries_counted(channel: str, outcome: str) -> float:
+    """Read haven_alert_deliveries_total{channel, outcome} from the registry."""
+    found = metrics.EVENTS.get_sample_value(
+        "haven_alert_deliveries_total", {"channel": channel, "outcome": outcome}
+    )
+    return found or 0.0
+
+
+async def test_every_recorded_delivery_is_counted_by_channel_and_outcome(
+    pool, dispatcher, receiver
+):
+    endpoint, _ = receiver
+    endpoint.always = 500
+    labels = [
+        (channel, outcome)
+        for channel in (channels.EMAIL, channels.WEBHOOK)
+        for outcome in ("sent", "failed")
+    ]
+    before = {label: deliveries_counted(*label) for label in labels}
+    await raise_(pool)
+
+    await dispatcher.dispatch(pool)
+    rows = await pool.fetch(
+        "SELECT channel, delivered, count(*) AS n FROM alert_deliveries "
+        "GROUP BY channel, delivered"
+    )
+
+    recorded = {
+        (row["channel"], "sent" if row["delivered"] else "failed"): row["n"]
+        for row in rows
+    }
+    grew = {label: deliveries_counted(*label) - before[label] for label in labels}
+    assert recorded == {(channels.EMAIL, "sent"): 2, (channels.WEBHOOK, "failed"): 1}
+    assert grew == {label: recorded.get(label, 0) for label in labels}
 
 
 async def test_a_dead_smtp_relay_is_alerted_through_the_webhook(
