@@ -16,6 +16,7 @@ import signal
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from loguru import logger
 
 from haven import db, migrations
@@ -31,10 +32,50 @@ POOL = web.AppKey("haven.pool", asyncpg.Pool)
 REDIS = web.AppKey("haven.redis", aioredis.Redis)
 RULES = web.AppKey("haven.rules", RuleBook)
 
+# SIGTERM to exit: requests in flight get SHUTDOWN_TIMEOUT_S in all, of
+# which the last CUT_OFF_S is for cancelling the ones that overran.
 SHUTDOWN_TIMEOUT_S = 30.0
+CUT_OFF_S = 2.0
 POOL_CLOSE_TIMEOUT_S = 10.0
 REDIS_TIMEOUT_S = 2.0
-BACKFILL_INTERVAL_S = 300.0
+
+
+class InFlight:
+    """Count the requests being handled, so that a shutdown can wait for them.
+
+    A request counts from the moment its handler chain starts, that is once
+    its headers are parsed, and while its body may still be arriving.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        """Count ``request`` as in flight until its handler returns or raises."""
+        self.count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight; False if ``timeout_s`` ran out."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+IN_FLIGHT = web.AppKey("haven.in_flight", InFlight)
 
 
 def create_app(
@@ -44,61 +85,81 @@ def create_app(
     *,
     rule_book: RuleBook | None = None,
     rate_limits: RateLimits | None = None,
-    partner_apis: tuple[PartnerApi, ...] = (),
-    backfill_interval_s: float = BACKFILL_INTERVAL_S,
+    partner_apis: tuple[PartnerApi, ...] | None = None,
+    backfill_interval_s: float | None = None,
 ) -> web.Application:
     """Build the listener app on an open pool and Redis client, which it does not close.
 
-    ``rule_book`` defaults to the rules file of ``settings``; ``partner_apis``
-    turns on the backfill job. Raise ConfigError for a bad rules file.
+    Everything comes from ``settings``; a keyword given overrides it (tests):
+    ``rule_book`` the rules file, ``rate_limits`` the webhook limits,
+    ``partner_apis`` the partner APIs pulled by the backfill job (none: no
+    backfill) and ``backfill_interval_s`` how often they are pulled. Raise
+    ConfigError for a bad rules file.
     """
     rule_book = rule_book or rules.load(settings.reward_rules)
-    app = web.Application(middlewares=[correlation.middleware])
+    in_flight = InFlight()
+    app = web.Application(middlewares=[in_flight.middleware, correlation.middleware])
     app[SETTINGS] = settings
     app[POOL] = pool
     app[REDIS] = redis
     app[RULES] = rule_book
+    app[IN_FLIGHT] = in_flight
 
-    # TODO: read the limits from settings (HAVEN_WEBHOOK_RATE_LIMIT_PARTNER /
-    # _IP) — until then `haven listen` runs with the RateLimits defaults.
-    limiter = Limiter(
-        redis, prefix=settings.redis_prefix, limits=rate_limits or RateLimits()
-    )
+    limits = rate_limits or RateLimits.from_settings(settings)
+    limiter = Limiter(redis, prefix=settings.redis_prefix, limits=limits)
     receiver = webhooks.Receiver(pool, rule_book, _verifiers(settings), limiter)
     webhooks.register(app, receiver)
 
-    backfill = Backfill(pool, rule_book, partner_apis) if partner_apis else None
     jobs.install(
-        app,
-        jobs.Jobs(pool, backfill=backfill, backfill_interval_s=backfill_interval_s),
+        app, _jobs(settings, pool, rule_book, partner_apis, backfill_interval_s)
     )
     operators.setup(app, settings, pool, redis)
     return app
 
 
 def _verifiers(settings: Settings) -> dict[str, Verifier]:
-    # TODO: per-partner tolerance settings — both partners share
-    # webhook_tolerance_s although each Verifier takes its own.
     return {
         partner: Verifier(
             settings.webhook_secrets(partner),
-            tolerance_s=settings.webhook_tolerance_s,
+            tolerance_s=settings.webhook_tolerance(partner),
         )
         for partner in PARTNERS
     }
 
 
-def partner_apis(settings: Settings) -> tuple[PartnerApi, ...]:
-    """Return the partner APIs configured in ``settings``."""
-    # TODO: declare HAVEN_PARTNER_API_{AURORA,TRIBE}, their tokens and
-    # HAVEN_PARTNER_POLL_INTERVAL_S in haven.settings — until then no API is
-    # configured and `haven listen` runs no backfill.
-    found = []
-    for partner in PARTNERS:
-        url = getattr(settings, f"partner_api_{partner}", None)
-        if isinstance(url, str) and url:
-            found.append(PartnerApi(partner, url))
-    return tuple(found)
+def _jobs(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    rule_book: RuleBook,
+    apis: tuple[PartnerApi, ...] | None,
+    interval_s: float | None,
+) -> jobs.Jobs:
+    apis = configured_partner_apis(settings) if apis is None else apis
+    backfill = (
+        Backfill(pool, rule_book, apis, lookback_s=settings.partner_poll_lookback_s)
+        if apis
+        else None
+    )
+    return jobs.Jobs(
+        pool,
+        backfill=backfill,
+        backfill_interval_s=(
+            settings.partner_poll_interval_s if interval_s is None else interval_s
+        ),
+    )
+
+
+def configured_partner_apis(settings: Settings) -> tuple[PartnerApi, ...]:
+    """Return the partner events APIs configured in ``settings``, with their tokens."""
+    configured = {
+        "aurora": (settings.partner_api_aurora, settings.partner_api_token_aurora),
+        "tribe": (settings.partner_api_tribe, settings.partner_api_token_tribe),
+    }
+    return tuple(
+        PartnerApi(partner, url, token.reveal() if token is not None else None)
+        for partner, (url, token) in configured.items()
+        if url
+    )
 
 
 async def serve(settings: Settings) -> None:
@@ -118,7 +179,7 @@ async def serve(settings: Settings) -> None:
             socket_connect_timeout=REDIS_TIMEOUT_S,
         )
         try:
-            app = create_app(settings, pool, redis, partner_apis=partner_apis(settings))
+            app = create_app(settings, pool, redis)
             await _run_until_stopped(app, settings.listen_host, settings.listen_port)
         finally:
             await redis.aclose()
@@ -132,9 +193,9 @@ async def _run_until_stopped(app: web.Application, host: str, port: int) -> None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
-    )
+    # The runner's own shutdown only cuts off what the drain below left:
+    # it stops reading request bodies the moment it begins.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=CUT_OFF_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -142,13 +203,25 @@ async def _run_until_stopped(app: web.Application, host: str, port: int) -> None
         logger.bind(host=host, port=port).info("listener started")
         await stop.wait()
         logger.info("listener stopping: no new connections, finishing requests")
+        await site.stop()
+        await _drain(app[IN_FLIGHT])
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        # Stops the listening socket, waits up to the shutdown timeout for
-        # requests in flight, then runs the app's cleanup (the jobs).
+        # Closes idle connections, cancels requests that overran, then runs
+        # the app's cleanup (the jobs, the chain client).
         await runner.cleanup()
     logger.info("listener stopped")
+
+
+async def _drain(in_flight: InFlight) -> None:
+    """Let the requests in flight finish, bodies still arriving included."""
+    if await in_flight.wait_idle(SHUTDOWN_TIMEOUT_S - CUT_OFF_S):
+        return
+    logger.bind(requests=in_flight.count).warning(
+        "requests still in flight at the shutdown timeout; cutting them off — "
+        "their partners retry under the same delivery id"
+    )
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:

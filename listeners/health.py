@@ -55,9 +55,7 @@ class Readiness:
         chain: ChainClient,
         redis: aioredis.Redis | None,
     ) -> Readiness:
-        # TODO: a HAVEN_READY_MAX_TAIL_LAG_BLOCKS setting — until then the
-        # bound is the finality depth, far looser than an SLO would want.
-        return cls(pool, chain, redis, settings.finality_depth)
+        return cls(pool, chain, redis, settings.ready_max_tail_lag_blocks)
 
     async def check(self) -> dict[str, Any]:
         """Run every check concurrently and return their results by name."""

@@ -5,14 +5,22 @@ else so floods are cheap to refuse, and one per partner, counted only for
 requests whose signature holds, so nobody can exhaust a partner's budget by
 posting forgeries to its path. Keys live under ``<redis_prefix>:ratelimit``.
 
+The client IP is the TCP peer, unless the peer is a trusted proxy
+(``HAVEN_TRUSTED_PROXIES``): then ``X-Forwarded-For`` is read from the right,
+each hop believed only while the address that reported it is trusted, and
+the first untrusted address is the client. Entries left of it are written
+by the client itself and prove nothing.
+
 Redis is an optimisation here, not a source of truth: when it cannot be
 reached, requests are let through and a warning is logged.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -24,6 +32,10 @@ from redis.exceptions import RedisError
 
 from haven.errors import RedisUnavailableError
 from haven.listeners.answers import Rejection
+from haven.settings import Settings
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,55 @@ class RateLimits:
 
     per_partner: str = "1200/minute"
     per_ip: str = "600/minute"
+    # CIDR networks whose X-Forwarded-For is believed; empty: none is.
+    trusted_proxies: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimits:
+        """Return the limits and trusted proxies of ``settings``."""
+        return cls(
+            per_partner=settings.webhook_rate_limit_partner,
+            per_ip=settings.webhook_rate_limit_ip,
+            trusted_proxies=settings.trusted_proxies,
+        )
+
+
+def client_address(
+    peer: str, forwarded_for: str | None, trusted: Iterable[IpNetwork]
+) -> str:
+    """Return the address to count a request against: the right-most untrusted.
+
+    ``peer`` is the TCP peer; ``forwarded_for`` the X-Forwarded-For value,
+    believed hop by hop only while the address that wrote it is trusted. A
+    hop that is not an IP address stops the walk at the proxy that wrote it.
+    """
+    networks = tuple(trusted)
+    client = peer
+    hops = (forwarded_for or "").split(",")
+    for hop in reversed(hops):
+        if not _is_trusted(client, networks):
+            break
+        address = _parse_ip(hop)
+        if address is None:
+            break
+        client = str(address)
+    return client
+
+
+def _is_trusted(address: str, networks: tuple[IpNetwork, ...]) -> bool:
+    parsed = _parse_ip(address)
+    return parsed is not None and any(parsed in network for network in networks)
+
+
+def _parse_ip(text: str) -> IpAddress | None:
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
 
 
 class Limiter:
@@ -40,7 +101,7 @@ class Limiter:
     def __init__(
         self, redis: aioredis.Redis, *, prefix: str, limits: RateLimits
     ) -> None:
-        """Share ``redis``'s connection pool; raise ValueError on a bad limit."""
+        """Share ``redis``'s pool; raise ValueError on a bad limit or network."""
         storage = RedisStorage(
             "async+redis://",
             implementation="redispy",
@@ -52,12 +113,20 @@ class Limiter:
         self._window = MovingWindowRateLimiter(storage)
         self._per_ip = parse(limits.per_ip)
         self._per_partner = parse(limits.per_partner)
+        self._trusted = tuple(
+            ipaddress.ip_network(cidr, strict=False) for cidr in limits.trusted_proxies
+        )
 
-    # TODO: no trusted-proxy setting — behind a reverse proxy every partner
-    # shares the proxy's address and so one per-IP budget.
-    async def check_ip(self, remote_addr: str) -> None:
-        """Count a request from ``remote_addr``; raise a 429 Rejection past it."""
-        await self._hit(self._per_ip, "ip", remote_addr)
+    async def check_ip(
+        self, remote_addr: str, *, forwarded_for: str | None = None
+    ) -> None:
+        """Count a request from ``remote_addr``; raise a 429 Rejection past it.
+
+        ``forwarded_for`` (the X-Forwarded-For header) names the client only
+        when ``remote_addr`` is a trusted proxy; see :func:`client_address`.
+        """
+        client = client_address(remote_addr, forwarded_for, self._trusted)
+        await self._hit(self._per_ip, "ip", client)
 
     async def check_partner(self, partner: str) -> None:
         """Count an authentic request of ``partner``; raise a 429 Rejection past it."""

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from ops import processes
+from ops.processes import HAVEN
 
-from haven import db
+from harness.anvil import free_port
+from haven import db, intents
 from haven.listeners import rules
 from haven.listeners.backfill import Backfill, PartnerApi, PartnerApiError
 
@@ -165,8 +169,6 @@ async def test_a_failing_partner_api_raises_partner_api_error(serve_partner, poo
 
 
 async def test_an_unreachable_partner_api_raises_partner_api_error(pool):
-    from harness.anvil import free_port
-
     url = f"http://127.0.0.1:{free_port()}/events"
     backfill = Backfill(pool, rules.load(), (PartnerApi("tribe", url),))
 
@@ -219,3 +221,40 @@ async def test_a_failing_scheduled_backfill_keeps_the_listener_serving(
             status = reply.status
 
     assert status == 405
+
+
+async def test_haven_listen_pulls_a_missed_event_from_the_partner_api_it_is_given(
+    serve_partner, listener_environ, conn, tmp_path
+):
+    missed = booking_event("msg_missed", "AUR-MISSED", "booking.completed")
+    stand_in = await serve_partner(StandInPartner([[missed]]))
+    environ = listener_environ | {
+        "HAVEN_LISTEN_PORT": str(free_port()),
+        "HAVEN_DAEMON_PORT": "0",
+        "HAVEN_PARTNER_API_AURORA": stand_in.url,
+        "HAVEN_PARTNER_API_TOKEN_AURORA": "aurora-events-token",
+        "HAVEN_PARTNER_POLL_LOOKBACK_S": "3600",
+    }
+    listener = await processes.start("listener", [*HAVEN, "listen"], environ, tmp_path)
+    intent_id = intents.derive_id("aurora", "booking", "AUR-MISSED")
+
+    async def created() -> bool:
+        if listener.process.returncode is not None:
+            raise AssertionError(f"the listener exited\n{listener.log_tail()}")
+        found = await conn.fetchval("SELECT 1 FROM intents WHERE id = $1", intent_id)
+        return found is not None
+
+    try:
+        await processes.wait_until(created, 30, "the missed event's intent")
+    finally:
+        await listener.stop()
+
+    [first, *_] = stand_in.requests
+    since = datetime.fromisoformat(first["since"].replace("Z", "+00:00"))
+    lookback_s = (datetime.now(UTC) - since).total_seconds()
+    assert first["Authorization"] == "Bearer aurora-events-token"
+    assert 3600 <= lookback_s < 3600 + 60
+    assert (
+        await conn.fetchval("SELECT status FROM intents WHERE id = $1", intent_id)
+        == intents.READY
+    )

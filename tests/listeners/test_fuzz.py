@@ -1,7 +1,7 @@
 """Seeded fuzzing of the webhook endpoints: no input a client sends earns a 500.
 
-The seed is printed; set HAVEN_FUZZ_SEED to replay a failing run and
-HAVEN_FUZZ_COUNT to run longer.
+The seed is printed; set HAVENTEST_FUZZ_SEED to replay a failing run and
+HAVENTEST_FUZZ_COUNT to run longer.
 """
 
 from __future__ import annotations
@@ -113,9 +113,9 @@ def odd_headers(rng: random.Random, headers: dict[str, str]) -> dict[str, str]:
 
 
 async def test_no_garbage_body_or_header_earns_a_500(partner):
-    seed = int(os.environ.get("HAVEN_FUZZ_SEED", random.randrange(2**32)))
-    count = int(os.environ.get("HAVEN_FUZZ_COUNT", "300"))
-    print(f"fuzz seed {seed} (HAVEN_FUZZ_SEED={seed} replays it)")
+    seed = int(os.environ.get("HAVENTEST_FUZZ_SEED", random.randrange(2**32)))
+    count = int(os.environ.get("HAVENTEST_FUZZ_COUNT", "300"))
+    print(f"fuzz seed {seed} (HAVENTEST_FUZZ_SEED={seed} replays it)")
     rng = random.Random(seed)
     seen: set[int] = set()
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
+
+import pytest
 import redis.asyncio as aioredis
 
 from harness.anvil import free_port
-from haven.listeners.ratelimits import RateLimits
+from haven import settings
+from haven.listeners.answers import Rejection
+from haven.listeners.ratelimits import Limiter, RateLimits, client_address
+
+PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 
 
 def body(partner, number: int) -> dict:
@@ -73,3 +80,80 @@ async def test_an_unreachable_redis_lets_requests_through(start_listener, conn):
         await dead.aclose()
 
     assert [r.status for r in replies] == [202, 202, 202]
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "client"),
+    [
+        # No header, or a peer we do not trust: the peer is the client.
+        ("203.0.113.7", None, "203.0.113.7"),
+        ("203.0.113.7", "198.51.100.1", "203.0.113.7"),
+        # A trusted proxy: the address it saw connecting.
+        ("10.0.0.2", "198.51.100.1", "198.51.100.1"),
+        # Hops the client wrote itself (left of the first untrusted) are ignored.
+        ("10.0.0.2", "1.1.1.1, 198.51.100.1", "198.51.100.1"),
+        # Chained trusted proxies are walked through, right to left.
+        ("10.0.0.2", "1.1.1.1, 198.51.100.1, 10.0.0.9", "198.51.100.1"),
+        ("fd00::2", "2001:db8::1", "2001:db8::1"),
+        ("::ffff:10.0.0.2", "198.51.100.1", "198.51.100.1"),
+        # Garbage written by a proxy stops at the proxy that wrote it.
+        ("10.0.0.2", "198.51.100.1, not-an-ip", "10.0.0.2"),
+        # Nothing but proxies: the left-most one.
+        ("10.0.0.2", "10.0.0.5", "10.0.0.5"),
+        ("unknown", "198.51.100.1", "unknown"),
+    ],
+)
+def test_the_client_is_the_right_most_address_no_trusted_proxy_vouches_past(
+    peer, forwarded_for, client
+):
+    assert client_address(peer, forwarded_for, PROXIES) == client
+
+
+def test_without_trusted_proxies_the_forwarded_header_is_never_believed():
+    assert client_address("10.0.0.2", "198.51.100.1", ()) == "10.0.0.2"
+
+
+def test_rate_limits_and_trusted_proxies_come_from_the_settings(listener_environ):
+    loaded = settings.load(
+        listener_environ
+        | {
+            "HAVEN_WEBHOOK_RATE_LIMIT_PARTNER": "7/second",
+            "HAVEN_WEBHOOK_RATE_LIMIT_IP": "9/minute",
+            "HAVEN_TRUSTED_PROXIES": "10.0.0.0/8,fd00::/8",
+        }
+    )
+
+    assert RateLimits.from_settings(loaded) == RateLimits(
+        per_partner="7/second",
+        per_ip="9/minute",
+        trusted_proxies=("10.0.0.0/8", "fd00::/8"),
+    )
+
+
+async def test_clients_behind_a_trusted_proxy_get_a_budget_each(
+    redis_client, redis_prefix
+):
+    limits = RateLimits(per_ip="2/minute", trusted_proxies=("10.0.0.0/8",))
+    limiter = Limiter(redis_client, prefix=redis_prefix, limits=limits)
+
+    for client in ("198.51.100.1", "198.51.100.2"):
+        for _ in range(2):
+            await limiter.check_ip("10.0.0.2", forwarded_for=client)
+    with pytest.raises(Rejection) as refused:
+        await limiter.check_ip("10.0.0.3", forwarded_for="198.51.100.1")
+
+    assert refused.value.status_code == 429
+
+
+async def test_a_forged_forwarded_header_does_not_escape_the_ip_limit(
+    redis_client, redis_prefix
+):
+    limits = RateLimits(per_ip="2/minute", trusted_proxies=("10.0.0.0/8",))
+    limiter = Limiter(redis_client, prefix=redis_prefix, limits=limits)
+
+    await limiter.check_ip("203.0.113.7", forwarded_for="198.51.100.1")
+    await limiter.check_ip("203.0.113.7", forwarded_for="198.51.100.2")
+    with pytest.raises(Rejection) as refused:
+        await limiter.check_ip("203.0.113.7", forwarded_for="10.0.0.2, 198.51.100.3")
+
+    assert refused.value.status_code == 429

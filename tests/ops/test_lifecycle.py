@@ -4,14 +4,12 @@ mid-work, and refused on a schema older than the code."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import signal
 import time
 from datetime import UTC, datetime
 
 import asyncpg
 import orjson
-import pytest
 from ops import processes
 from ops.deployments import (
     deployed_environ,
@@ -28,10 +26,11 @@ from haven.daemon import service
 
 GUEST = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 DUMMY_TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-# What `haven run` waits for its components after SIGTERM.
-# TODO: read HAVEN_SHUTDOWN_GRACE_S's default once it is declared — until then
-# the grace is service.run's own default and cannot be configured.
-DAEMON_GRACE_S = float(inspect.signature(service.run).parameters["grace_s"].default)
+# What `haven run` waits for its components after SIGTERM (the environment
+# of these tests leaves HAVEN_SHUTDOWN_GRACE_S at its default).
+DAEMON_GRACE_S = float(
+    next(spec.default for spec in settings.FIELDS if spec.key == "shutdown_grace_s")
+)
 
 
 def booking(booking_id: str) -> bytes:
@@ -124,12 +123,6 @@ async def test_listener_sigterm_finishes_a_request_in_flight_and_refuses_new_one
         await listener.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="listeners.app.serve calls runner.cleanup() at once; aiohttp's "
-    "pre_shutdown then drops body bytes that arrive later, so the handler "
-    "waits SHUTDOWN_TIMEOUT_S and is cancelled without an answer",
-)
 async def test_listener_sigterm_finishes_a_request_whose_body_is_still_arriving(
     environ, database_url, tmp_path
 ):
