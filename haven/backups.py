@@ -51,11 +51,12 @@ class RestoreRefusedError(BackupError):
 
 
 def key_ring(settings: Settings) -> MultiFernet:
-    """Return the keys backups are sealed with: the first seals, all open."""
-    # TODO: read settings.backup_key (HAVEN_BACKUP_KEY) once it is declared —
-    # until then backups are sealed under the master key, so whoever holds a
-    # backup and the master key also holds the signer keys.
-    configured = getattr(settings, "backup_key", None) or settings.master_key
+    """Return the keys backups are sealed with: the first seals, all open.
+
+    ``HAVEN_BACKUP_KEY`` when set, else the master key — under which whoever
+    holds a backup and the master key also holds the signer keys.
+    """
+    configured = settings.backup_key or settings.master_key
     return MultiFernet([Fernet(key.encode()) for key in configured.reveal()])
 
 

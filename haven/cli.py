@@ -131,7 +131,9 @@ def _wei(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="haven",
-        description="Partner events in, HNV reward mints out, and proof that the books balance.",
+        description=(
+            "Partner events in, HNV reward mints out, and proof that the books balance."
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

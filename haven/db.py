@@ -74,10 +74,12 @@ async def translate_errors() -> AsyncIterator[None]:
 @asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     """Yield a connection inside one transaction, committed on normal exit."""
-    async with translate_errors():
-        async with pool.acquire() as connection:
-            async with connection.transaction():
-                yield connection
+    async with (
+        translate_errors(),
+        pool.acquire() as connection,
+        connection.transaction(),
+    ):
+        yield connection
 
 
 def is_unavailable(exc: BaseException) -> bool:

@@ -108,7 +108,7 @@ def _wallet() -> str:
 
 
 def aurora_events(rng: random.Random, bookings: int) -> Iterator[dict[str, Any]]:
-    """Yield Aurora envelopes: bookings confirmed, then completed or cancelled, and reviews."""
+    """Yield Aurora envelopes: bookings confirmed, completed or cancelled; reviews."""
     for index in range(bookings):
         booking_id = f"AUR-{100000 + index}"
         data = {
@@ -386,8 +386,8 @@ async def main(args: argparse.Namespace) -> int:
             env["HAVEN_TOKEN_ADDRESS"] = result.token_address
             env["HAVEN_START_BLOCK"] = str(result.deploy_block)
             print(
-                f"demo: HNV deployed at {result.token_address} (block {result.deploy_block}), "
-                f"minter {', '.join(result.minters)}"
+                f"demo: HNV deployed at {result.token_address} "
+                f"(block {result.deploy_block}), minter {', '.join(result.minters)}"
             )
 
             listen_url = f"http://127.0.0.1:{env['HAVEN_LISTEN_PORT']}"

@@ -23,6 +23,8 @@ from haven.errors import ChainError, ConfigError
 from haven.settings import Settings
 from haven.types import ChecksumAddress, Wei, checksum
 
+NO_WEI = Wei(0)
+
 
 @dataclass(frozen=True)
 class Deployment:
@@ -39,7 +41,7 @@ async def wait_for_receipt(
     timeout_s: float = 60.0,
     interval_s: float = 0.2,
 ) -> dict[str, Any]:
-    """Return the receipt of ``tx_hash`` once mined; raise ChainError after the timeout."""
+    """Return the receipt of ``tx_hash`` once mined; raise ChainError on timeout."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         receipt = await chain.get_receipt(tx_hash)
@@ -57,7 +59,7 @@ async def send_as(
     *,
     to: str | None,
     data: bytes,
-    value: Wei = Wei(0),
+    value: Wei = NO_WEI,
 ) -> dict[str, Any]:
     """Sign and send one EIP-1559 transaction from ``private_key``; return its receipt.
 
@@ -97,7 +99,7 @@ async def send_as(
 
 
 async def deploy(
-    settings: Settings, *, fund_wei: Wei = Wei(0), signers: int = 1
+    settings: Settings, *, fund_wei: Wei = NO_WEI, signers: int = 1
 ) -> Deployment:
     """Deploy HNV, ensure ``signers`` hot wallets exist, fund and authorise them.
 

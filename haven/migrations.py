@@ -88,7 +88,8 @@ async def apply(dsn: str, directory: Path = SQL_DIR) -> list[str]:
                 async with connection.transaction():
                     await connection.execute(migration.sql)
                     await connection.execute(
-                        "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
+                        "INSERT INTO schema_migrations (version, checksum) "
+                        "VALUES ($1, $2)",
                         migration.version,
                         migration.checksum,
                     )

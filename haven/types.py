@@ -30,9 +30,9 @@ def checksum(address: str) -> ChecksumAddress:
     if not isinstance(address, str) or not is_address(address):
         raise ValueError(f"not an Ethereum address: {address!r}")
     body = address[2:]
-    if body != body.lower() and body != body.upper():
-        if not is_checksum_address(address):
-            raise ValueError(f"address has a wrong EIP-55 checksum: {address!r}")
+    is_mixed_case = body != body.lower() and body != body.upper()
+    if is_mixed_case and not is_checksum_address(address):
+        raise ValueError(f"address has a wrong EIP-55 checksum: {address!r}")
     return ChecksumAddress(to_checksum_address(address))
 
 

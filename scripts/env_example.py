@@ -54,6 +54,20 @@ HINTS: dict[str, tuple[str, ...]] = {
     "listen_host": ("Behind a load balancer on another host: 0.0.0.0.",),
     "log_format": ("Production: json.",),
     "deployer_key": ("Only where `haven deploy` runs; never on service hosts.",),
+    "trusted_proxies": (
+        "Behind a reverse proxy or load balancer: its networks only, or every",
+        "partner shares the proxy's address and one per-IP budget. Never a",
+        "network clients can send from: they could then pick their own address.",
+    ),
+    "partner_api_token_aurora": ("Sent as Authorization: Bearer; unset: no header.",),
+    "partner_api_token_tribe": ("As for Aurora.",),
+    "cap_per_intent_wei": ("1 HNV is 10^18 base units.",),
+    "smtp_to": ("Required when HAVEN_SMTP_HOST is set.",),
+    "alert_webhook_secret": (
+        "Required when HAVEN_ALERT_WEBHOOK_URL is set; give it to the receiver.",
+        'Generate: echo "whsec_$(openssl rand -base64 32)"',
+    ),
+    "daemon_host": ("Keep /metrics off the public side: a private address.",),
     "shutdown_grace_s": ("Keep TimeoutStopSec of haven-daemon.service 10 s above it.",),
     "lease_poll_ms": ("How soon a standby daemon takes over a dead one's work.",),
     "lease_ttl_ms": (

@@ -11,7 +11,9 @@ from haven import db, migrations
 from haven.errors import MigrationError, SchemaOutdatedError
 
 
-async def test_migrate_applies_every_file_once_and_records_checksums(empty_database_url):
+async def test_migrate_applies_every_file_once_and_records_checksums(
+    empty_database_url,
+):
     first = await migrations.apply(empty_database_url)
     second = await migrations.apply(empty_database_url)
 

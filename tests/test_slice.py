@@ -69,12 +69,12 @@ async def post_booking_completed(url: str) -> aiohttp.ClientResponse:
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": signature,
     }
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"{url}/webhooks/aurora", data=body, headers=headers
-        ) as r:
-            await r.read()
-            return r
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{url}/webhooks/aurora", data=body, headers=headers) as r,
+    ):
+        await r.read()
+        return r
 
 
 async def wait_for_status(

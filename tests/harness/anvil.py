@@ -60,9 +60,11 @@ class AnvilNode:
         """Call one JSON-RPC method and return its result, raising on error."""
         payload = {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
         timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.post(self.url, json=payload) as response:
-                body = await response.json()
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(self.url, json=payload) as response,
+        ):
+            body = await response.json()
         if "error" in body:
             raise RuntimeError(f"{method} failed: {body['error']}")
         return body["result"]
@@ -118,7 +120,10 @@ async def running_anvil(
         args += ["--block-time", str(block_time_s)]
     args += list(extra_args)
     env = dict(os.environ, HOME=cache_dir)
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL)
+    # Forking from a large test process can take a while; keep it off the loop.
+    process = await asyncio.to_thread(
+        subprocess.Popen, args, env=env, stdout=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         await _wait_until_ready(url, process)

@@ -13,7 +13,7 @@ import uuid
 import asyncpg
 
 ADMIN_DSN = os.environ.get(
-    "HAVEN_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+    "HAVENTEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 
 

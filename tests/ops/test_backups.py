@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from cryptography.fernet import Fernet, MultiFernet
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from ops import processes
 from ops.deployments import (
     deployed_environ,
@@ -307,6 +307,28 @@ async def test_verify_reports_a_damaged_backup_as_failed(
     assert "truncated" in result.problems[0]
 
 
+def test_backups_are_sealed_with_the_backup_key_and_never_the_master_key():
+    backup_key = Fernet.generate_key().decode()
+    environ = haven_environ("postgresql://haven@127.0.0.1/haven", "unused")
+    loaded = settings.load(environ | {"HAVEN_BACKUP_KEY": backup_key})
+    master = Fernet(environ["HAVEN_MASTER_KEY"].encode())
+
+    sealed = backups.key_ring(loaded).encrypt(b"backup frame")
+
+    assert Fernet(backup_key.encode()).decrypt(sealed) == b"backup frame"
+    with pytest.raises(InvalidToken):
+        master.decrypt(sealed)
+
+
+def test_backups_are_sealed_with_the_master_key_without_a_backup_key():
+    environ = haven_environ("postgresql://haven@127.0.0.1/haven", "unused")
+    master = Fernet(environ["HAVEN_MASTER_KEY"].encode())
+
+    sealed = backups.key_ring(settings.load(environ)).encrypt(b"backup frame")
+
+    assert master.decrypt(sealed) == b"backup frame"
+
+
 def command_line() -> argparse.ArgumentParser:
     """The CLI wiring the lead adds to haven.cli, reproduced."""
     parser = argparse.ArgumentParser(prog="haven")
@@ -388,12 +410,6 @@ async def report_verdict(
     return code, orjson.loads(output)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a restore the tailer leaves a RewardMinted of a `ready` intent "
-    "to the reconciler and the submitter signs it again (reverts "
-    "IntentAlreadyMinted): those intents stay `submitted` for ever",
-)
 async def test_drill_restore_resumes_from_the_chain_and_reconciles_with_no_double_mint(
     database_url, redis_prefix, anvil, tmp_path
 ):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from haven import cli, settings
-from haven.daemon import service
 from haven.listeners import app as listener_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,9 +56,7 @@ def one(values: dict[str, list[str]], key: str) -> str:
 
 def daemon_grace_s() -> float:
     by_key = {spec.key: spec for spec in settings.FIELDS}
-    if "shutdown_grace_s" in by_key:
-        return float(by_key["shutdown_grace_s"].default)
-    return float(inspect.signature(service.run).parameters["grace_s"].default)
+    return float(by_key["shutdown_grace_s"].default)
 
 
 def load_env_example_module():  # type: ignore[no-untyped-def]
