@@ -9,17 +9,25 @@ names it; the schema is never silently re-applied.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 from loguru import logger
 
-from haven.errors import MigrationError, SchemaOutdatedError
+from haven import db
+from haven.errors import (
+    DatabaseUnavailableError,
+    MigrationError,
+    SchemaOutdatedError,
+)
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # Arbitrary but fixed: the advisory lock key of the migrator ("HAVENMIG").
 LOCK_KEY = 0x484156454E4D4947
+CONNECT_TIMEOUT_S = 10.0
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -74,7 +82,7 @@ async def apply(dsn: str, directory: Path = SQL_DIR) -> list[str]:
     Idempotent and safe to run from several processes at once.
     """
     migrations = discover(directory)
-    connection = await asyncpg.connect(dsn)
+    connection = await _connect(dsn)
     try:
         await connection.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
         try:
@@ -85,7 +93,7 @@ async def apply(dsn: str, directory: Path = SQL_DIR) -> list[str]:
             for migration in migrations:
                 if migration.version in applied:
                     continue
-                async with connection.transaction():
+                async with _naming(migration), connection.transaction():
                     await connection.execute(migration.sql)
                     await connection.execute(
                         "INSERT INTO schema_migrations (version, checksum) "
@@ -100,6 +108,27 @@ async def apply(dsn: str, directory: Path = SQL_DIR) -> list[str]:
             await connection.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
     finally:
         await connection.close()
+
+
+async def _connect(dsn: str) -> asyncpg.Connection:
+    """Connect; a refused login or a missing database is unavailable too."""
+    try:
+        async with db.translate_errors():
+            return await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    except asyncpg.PostgresError as exc:
+        raise DatabaseUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+
+
+@asynccontextmanager
+async def _naming(migration: Migration) -> AsyncIterator[None]:
+    """Turn an SQL error of ``migration`` into a MigrationError naming its file."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        raise MigrationError(
+            f"{migration.path.name} failed and was rolled back: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 async def ensure_current(pool: asyncpg.Pool, directory: Path = SQL_DIR) -> None:
