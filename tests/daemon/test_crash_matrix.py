@@ -7,9 +7,9 @@ crash a new process picks up where the dead one left. At the end every
 intent must be minted exactly once on chain, the signer's nonce must have no
 gap, and the database must agree with the chain.
 
-The test command runs a small batch (40 intents, one crash per point);
-``HAVENTEST_FULL=1`` (``make test-full``) runs 200 intents and five crashes
-per point. ``HAVENTEST_SEED`` replays a run; the seed is printed on failure.
+The test command runs 200 intents with one crash per point;
+``HAVENTEST_FULL=1`` (``make test-full``) runs 1,000 intents and five
+crashes per point. ``HAVENTEST_SEED`` replays a run; the seed is printed on failure.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from harness.rpcproxy import running_proxy
 from haven.daemon.submitter import CRASH_ENV
 
 FULL = os.environ.get("HAVENTEST_FULL") == "1"
-INTENTS = 200 if FULL else 40
+INTENTS = 1000 if FULL else 200
 CRASHES_PER_POINT = 5 if FULL else 1
 POINTS = ("after_allocate", "after_commit", "after_send", "after_receipt")
 
