@@ -544,18 +544,31 @@ class Submitter:
         for nonce in range(view.latest, row.next_nonce):
             group = by_nonce.get(nonce)
             if group is None:
-                await self._gap(signer.address, Nonce(nonce), view)
-                return None
+                if not await self._gap(signer, Nonce(nonce), view):
+                    return None
+                continue
             with logs.correlated(request_ids.get(group[-1].intent_id)):
                 tended = await self._tend_nonce(signer, group, view, market)
             if not tended:
                 return None
         return row.next_nonce
 
-    async def _gap(self, address: str, nonce: Nonce, view: ChainView) -> None:
-        # TODO: fill a nonce no attempt of ours ever used (left by an external
-        # transaction later reorged out) with a no-op — until then the
-        # signer's later nonces wait for an operator.
+    async def _gap(self, signer: custody.Signer, nonce: Nonce, view: ChainView) -> bool:
+        """Fill a nonce no attempt of ours ever used; False if it stays a gap.
+
+        Such a nonce was skipped for an outside transaction that a reorg then
+        took away. The oldest ready intent is minted at it, so the signer's
+        later transactions can be mined; with nothing ready, it waits and
+        operators are told.
+        """
+        address = signer.address
+        offer = fees.initial(await self._market(), max_fee_wei=self.rules.max_fee_wei)
+        filled = await self._fill(signer, nonce, offer)
+        if filled is not None:
+            intent, attempt = filled
+            with logs.correlated(intent.request_id):
+                _log(attempt).warning("nonce gap filled with a ready intent's mint")
+                return await self._send(signer, attempt, view.head_block) == ACCEPTED
         await self._alert(
             NONCE_GAP,
             f"{address}:{nonce}",
@@ -563,11 +576,33 @@ class Submitter:
             {"nonce": nonce, "chain_latest_nonce": view.latest},
         )
         logger.error(
-            "nonce gap with no stored transaction; send any transaction at this "
-            "nonce from the signer to unblock it",
+            "nonce gap with no stored transaction and no ready intent to fill it; "
+            "the signer's later transactions wait for the next ready intent",
             signer=address,
             nonce=nonce,
         )
+        return False
+
+    async def _fill(
+        self, signer: custody.Signer, nonce: Nonce, offer: Fees
+    ) -> tuple[Intent, Attempt] | None:
+        """Sign the oldest signable ready intent at ``nonce``, a gap; None if none."""
+        address = signer.address
+        async with db.transaction(self.pool) as conn:
+            row = await signers.get(conn, address, for_update=True)
+            await self._fence(conn, address)
+            if row is None or row.status not in signers.WORKING:
+                return None
+            if await attempts.at_nonce(conn, address, nonce):
+                return None  # filled meanwhile
+            while (intent := await intents.claim_ready(conn)) is not None:
+                with logs.correlated(intent.request_id):
+                    attempt = await self._sign_or_set_aside(
+                        conn, signer, intent, offer, nonce=nonce
+                    )
+                if attempt is not None:
+                    return intent, attempt
+        return None
 
     async def _tend_nonce(
         self,
@@ -742,13 +777,15 @@ class Submitter:
         signer: custody.Signer,
         intent: Intent,
         offer: Fees,
+        *,
+        nonce: Nonce | None = None,
     ) -> Attempt | None:
         if await self._is_minted(intent.id):
             await self._adopt(conn, intent)
             return None
         if await self._hold(conn, intent):
             return None
-        attempt = await self._submit(conn, signer, intent, offer)
+        attempt = await self._submit(conn, signer, intent, offer, nonce=nonce)
         self.crash.hit("after_allocate")
         return attempt
 
@@ -836,9 +873,13 @@ class Submitter:
         signer: custody.Signer,
         intent: Intent,
         offer: Fees,
+        *,
+        nonce: Nonce | None = None,
     ) -> Attempt:
-        nonce = await nonces.allocate(conn, signer.address)
-        assert nonce is not None, "the signer row is locked and active"
+        """Sign ``intent`` at the signer's next nonce, or at ``nonce`` (a gap)."""
+        if nonce is None:
+            nonce = await nonces.allocate(conn, signer.address)
+            assert nonce is not None, "the signer row is locked and active"
         attempt = await self._sign(conn, signer, intent, nonce, offer)
         await intents.transition(
             conn,

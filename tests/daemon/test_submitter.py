@@ -164,6 +164,28 @@ async def test_a_nonce_taken_by_an_outside_transaction_moves_its_intent_not_jams
     assert await chainsetup.nonce_of(rig.node, rig.signer or "") == 4
 
 
+async def test_a_skipped_nonce_freed_by_a_reorg_is_filled_with_a_ready_intent(
+    rig: Rig,
+):
+    before_outsider = await rig.node.rpc("evm_snapshot", [])
+    await send_self_transfer(rig, await rig.local_signer(), 0)
+    early = await rig.add_intents(2)
+    async with rig.running(rig.submitter()):
+        await rig.wait_minted(early)
+    # The outside transaction at nonce 0 and our mints at 1 and 2 are undone:
+    # nonce 0 is free again and no attempt of ours ever used it.
+    assert await rig.node.rpc("evm_revert", [before_outsider]) is True
+    assert await chainsetup.nonce_of(rig.node, rig.signer or "") == 0
+    late = await rig.add_intents(1)
+
+    async with rig.running(rig.submitter()):
+        await rig.wait_minted(early + late)
+
+    assert (await rig.intent(late[0])).nonce == 0
+    assert await rig.alerts(submitter.NONCE_GAP) == []
+    await rig.assert_paid_once(early + late)
+
+
 async def send_self_transfer(rig: Rig, key: Signer, nonce: int) -> None:
     """Use the signer's key outside the daemon: a plain transfer to itself."""
     block = await rig.node.rpc("eth_getBlockByNumber", ["latest", False])
