@@ -294,3 +294,25 @@ async def audit_trail(
         signer,
     )
     return [AuditEntry(**dict(row)) for row in rows]
+
+
+async def audit_page(
+    conn: asyncpg.Connection,
+    signer: str,
+    *,
+    limit: int,
+    before_id: int | None = None,
+) -> list[AuditEntry]:
+    """Return up to ``limit`` audit rows of ``signer`` before ``before_id``.
+
+    Newest first; ask for one more row than a page to learn whether another
+    page follows.
+    """
+    rows = await conn.fetch(
+        "SELECT * FROM custody_audit WHERE signer = $1 "
+        "AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        signer,
+        before_id,
+        limit,
+    )
+    return [AuditEntry(**dict(row)) for row in rows]

@@ -121,12 +121,13 @@ INTENTS = StateGauge(
 )
 SIGNER_IN_FLIGHT = StateGauge(
     "haven_signer_in_flight",
-    "Nonces with a signed or broadcast transaction not yet settled, by signer.",
+    "Unsettled nonces whose transaction a node accepted, by signer.",
     ("signer",),
 )
 SIGNER_QUEUED = StateGauge(
     "haven_signer_queued",
-    "Ready intents waiting for a nonce, by signer ('unassigned' until one is chosen).",
+    "Mints waiting to be sent, by signer: nonces signed but not yet accepted "
+    "by a node; ready intents no signer has taken yet count as 'unassigned'.",
     ("signer",),
 )
 SIGNER_BALANCE = StateGauge(

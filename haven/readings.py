@@ -93,11 +93,21 @@ async def _read_database(sources: Sources) -> list[Metric]:
     async with db.translate_errors(), sources.pool.acquire() as connection:
         by_status = await intents.count_by_status(connection)
         live = await attempts.live(connection)
+        working = await signers.listing(connection, signers.WORKING)
         open_breaks = await breaks.open_breaks(connection)
+    in_flight, queued = signer_loads(live, [row.address for row in working])
+    ready = by_status.get(intents.READY, (0, 0))[0]
     return [
         _intents_family(by_status),
-        _in_flight_family(live),
-        _queued_family(by_status),
+        metrics.SIGNER_IN_FLIGHT.family(
+            ((signer,), float(count)) for signer, count in in_flight.items()
+        ),
+        metrics.SIGNER_QUEUED.family(
+            [
+                *(((signer,), float(count)) for signer, count in queued.items()),
+                ((UNASSIGNED,), float(ready)),
+            ]
+        ),
         *_breaks_families(open_breaks, datetime.now(UTC)),
     ]
 
@@ -122,20 +132,29 @@ def _intents_family(by_status: Mapping[str, tuple[int, int]]) -> Metric:
     return metrics.INTENTS.family(values)
 
 
-def _in_flight_family(live: list[attempts.Attempt]) -> Metric:
-    # Replacements share a nonce: count nonces, not attempts.
-    nonces = {(attempt.signer, attempt.nonce) for attempt in live}
-    per_signer = Counter(signer for signer, _ in nonces)
-    return metrics.SIGNER_IN_FLIGHT.family(
-        ((signer,), float(count)) for signer, count in sorted(per_signer.items())
-    )
+def signer_loads(
+    live: list[attempts.Attempt], working: list[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Count each signer's unsettled nonces as (in flight, queued).
 
-
-def _queued_family(by_status: Mapping[str, tuple[int, int]]) -> Metric:
-    # TODO: split ready intents by the signer that will take them once the
-    # submitter exposes its assignment — until then all are 'unassigned'.
-    ready = by_status.get(intents.READY, (0, 0))[0]
-    return metrics.SIGNER_QUEUED.family([((UNASSIGNED,), float(ready))])
+    A nonce is in flight once a node accepted one of its attempts, and
+    queued while every attempt at it is signed and committed but no node
+    has taken one yet (a send refused, or not yet made). Replacements share
+    a nonce, so nonces are counted, not attempts. Every working signer is
+    listed, at zero when idle, so a dashboard shows it rather than a gap.
+    """
+    accepted: dict[tuple[str, int], bool] = {}
+    for attempt in live:
+        key = (attempt.signer, attempt.nonce)
+        accepted[key] = accepted.get(key, False) or attempt.status == attempts.BROADCAST
+    in_flight = dict.fromkeys(working, 0)
+    queued = dict.fromkeys(working, 0)
+    for (signer, _), is_accepted in accepted.items():
+        counts = in_flight if is_accepted else queued
+        in_flight.setdefault(signer, 0)
+        queued.setdefault(signer, 0)
+        counts[signer] += 1
+    return dict(sorted(in_flight.items())), dict(sorted(queued.items()))
 
 
 def _breaks_families(

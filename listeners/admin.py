@@ -70,16 +70,33 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             request.headers.get("Authorization")
         )
     except Unauthorized as exc:
-        # TODO: rate-limit refused keys per client address (Redis, like the
-        # webhooks) — until then a flood of bad keys writes one audit row each.
-        refused = _unauthorized()
-        await _audit(request, refused.status, {"reason": exc.reason})
+        refused = await _refuse(request)
+        if refused.status == 401:
+            await _audit(request, refused.status, {"reason": exc.reason})
         return refused
 
     response = await _answer(request, handler)
     if not req.is_audited(request):
         await _audit(request, response.status, None)
     return response
+
+
+async def _refuse(request: web.Request) -> web.Response:
+    """Answer a missing or wrong key: 401, or 429 past the client's budget.
+
+    Past the budget nothing is written: the 429s of a flood are counted by
+    the request metrics, not audited one by one.
+    """
+    limiter = req.context(request).limiter
+    if limiter is not None:
+        try:
+            await limiter.check_admin_refusal(
+                request.remote or "unknown",
+                forwarded_for=request.headers.get("X-Forwarded-For"),
+            )
+        except Rejection as exc:
+            return exc.to_answer().to_response()
+    return _unauthorized()
 
 
 def _unauthorized() -> web.Response:

@@ -62,27 +62,21 @@ async def list_alerts(request: web.Request) -> web.Response:
     rule = query.text("rule")
     subject = query.text("subject", max_length=200)
     limit = query.limit()
-    cursor = query.cursor()
-    before_id = cursor.get("before_id") if cursor else None
-    if cursor is not None and type(before_id) is not int:
-        query.problems.append(
-            {"path": "query.cursor", "message": "not a cursor of this listing"}
-        )
+    before_id = query.before_id()
     query.done()
 
     async with db.translate_errors(), req.context(request).pool.acquire() as conn:
-        found = await alerts.find(
+        found = await alerts.page(
             conn,
+            limit=limit + 1,
+            before_id=before_id,
             rule=rule,
             subject=subject,
             statuses=(status,) if status else None,
         )
-    # TODO: page in SQL once the alerts module offers a limit — until then
-    # every matching alert is read to show one page.
-    newest = [a for a in reversed(found) if before_id is None or a.id < before_id]
-    page = newest[:limit]
+    page = found[:limit]
     next_cursor = None
-    if len(newest) > limit:
+    if len(found) > limit:
         next_cursor = req.encode_cursor({"before_id": page[-1].id})
     return req.respond(
         {"alerts": [alert_json(a) for a in page], "next_cursor": next_cursor}

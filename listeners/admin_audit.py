@@ -19,12 +19,7 @@ async def list_audit(request: web.Request) -> web.Response:
     action = query.text("action", max_length=64)
     subject = query.text("subject", max_length=200)
     limit = query.limit()
-    cursor = query.cursor()
-    before_id = cursor.get("before_id") if cursor else None
-    if cursor is not None and type(before_id) is not int:
-        query.problems.append(
-            {"path": "query.cursor", "message": "not a cursor of this listing"}
-        )
+    before_id = query.before_id()
     query.done()
 
     async with req.context(request).pool.acquire() as connection:

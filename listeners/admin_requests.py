@@ -26,12 +26,14 @@ from haven.chain import ChainClient
 from haven.listeners import correlation
 from haven.listeners.answers import FieldProblem, Rejection
 from haven.listeners.auth import AdminKeys
+from haven.listeners.ratelimits import Limiter
 from haven.settings import Settings
 from haven.types import ChecksumAddress, IntentId, checksum, parse_intent_id
 
 MAX_BODY_BYTES = 16 * 1024
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+MAX_ROW_ID = 2**63 - 1  # PostgreSQL bigint
 MAX_NOTE_LENGTH = 1000
 
 ACTOR = web.RequestKey("haven.admin.actor", str)
@@ -47,6 +49,8 @@ class AdminContext:
     pool: asyncpg.Pool
     chain: ChainClient
     keys: AdminKeys
+    # Counts refused keys per client; None: refusals are not limited.
+    limiter: Limiter | None = None
 
 
 CONTEXT = web.AppKey("haven.admin.context", AdminContext)
@@ -243,6 +247,19 @@ class Query:
             self._fail("cursor", "not a cursor returned by this listing")
         return decoded
 
+    def before_id(self) -> int | None:
+        """Read the ``before_id`` cursor of a listing paged by row id."""
+        cursor = self.cursor()
+        if cursor is None:
+            return None
+        before_id = cursor.get("before_id")
+        # A cursor is opaque but not trusted: a forged id past bigint would
+        # reach PostgreSQL and fail there.
+        if type(before_id) is not int or not 0 < before_id <= MAX_ROW_ID:
+            self._fail("cursor", "not a cursor of this listing")
+            return None
+        return before_id
+
     def done(self) -> None:
         """Raise a 422 Rejection listing every problem found, if any."""
         if self.problems:
@@ -338,6 +355,19 @@ class Body:
             self._fail(name, f"expected an integer from {low} to {high}")
             return None
         return value
+
+    def before_id(self) -> int | None:
+        """Read the ``before_id`` cursor of a listing paged by row id."""
+        cursor = self.cursor()
+        if cursor is None:
+            return None
+        before_id = cursor.get("before_id")
+        # A cursor is opaque but not trusted: a forged id past bigint would
+        # reach PostgreSQL and fail there.
+        if type(before_id) is not int or not 0 < before_id <= MAX_ROW_ID:
+            self._fail("cursor", "not a cursor of this listing")
+            return None
+        return before_id
 
     def done(self) -> None:
         """Raise a 422 Rejection listing every problem found, if any."""

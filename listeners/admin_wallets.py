@@ -104,20 +104,14 @@ async def wallet_audit(request: web.Request) -> web.Response:
     address = req.path_address(request)
     query = req.Query(request, ("limit", "cursor"))
     limit = query.limit()
-    cursor = query.cursor()
-    before_id = cursor.get("before_id") if cursor else None
-    if cursor is not None and type(before_id) is not int:
-        query.problems.append(
-            {"path": "query.cursor", "message": "not a cursor of this listing"}
-        )
+    before_id = query.before_id()
     query.done()
     context = req.context(request)
     await _row(context.pool, address)
     async with db.translate_errors(), context.pool.acquire() as conn:
-        trail = await custody.audit_trail(conn, address)
-    # TODO: page in SQL once custody.audit_trail takes a limit — until then
-    # a signer's whole trail (one row per signature) is read for one page.
-    newest = [e for e in reversed(trail) if before_id is None or e.id < before_id]
+        newest = await custody.audit_page(
+            conn, address, limit=limit + 1, before_id=before_id
+        )
     page = newest[:limit]
     next_cursor = None
     if len(newest) > limit:

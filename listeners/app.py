@@ -91,10 +91,11 @@ def create_app(
     """Build the listener app on an open pool and Redis client, which it does not close.
 
     Everything comes from ``settings``; a keyword given overrides it (tests):
-    ``rule_book`` the rules file, ``rate_limits`` the webhook limits,
-    ``partner_apis`` the partner APIs pulled by the backfill job (none: no
-    backfill) and ``backfill_interval_s`` how often they are pulled. Raise
-    ConfigError for a bad rules file.
+    ``rule_book`` the rules file, ``rate_limits`` the webhook limits and
+    the budget of refused admin keys, ``partner_apis`` the partner APIs
+    pulled by the backfill job (none: no backfill) and
+    ``backfill_interval_s`` how often they are pulled. Raise ConfigError for
+    a bad rules file.
     """
     rule_book = rule_book or rules.load(settings.reward_rules)
     in_flight = InFlight()
@@ -113,7 +114,7 @@ def create_app(
     jobs.install(
         app, _jobs(settings, pool, rule_book, partner_apis, backfill_interval_s)
     )
-    operators.setup(app, settings, pool, redis)
+    operators.setup(app, settings, pool, redis, limiter)
     return app
 
 

@@ -193,11 +193,12 @@ def admin_operation(
     parameters: list[dict[str, Any]] | None = None,
     body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Return an admin operation: bearer key, 401, 422 and 503 always documented.
+    """Return an admin operation: bearer key, 401, 422, 429 and 503 documented.
 
-    422 is always possible: unknown query parameters are refused everywhere.
+    422 is always possible: unknown query parameters are refused everywhere;
+    429 once a client has sent too many missing or wrong keys.
     """
-    codes = [401, 422, 503]
+    codes = [401, 422, 429, 503]
     if body is not None:
         codes += [400, 413, 415]
     operation: dict[str, Any] = {

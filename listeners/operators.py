@@ -21,6 +21,7 @@ from haven.chain import ChainClient
 from haven.listeners import admin, health, openapi, reports_page
 from haven.listeners.admin_requests import AdminContext
 from haven.listeners.auth import AdminKeys
+from haven.listeners.ratelimits import Limiter
 from haven.settings import Settings
 
 CHAIN_TIMEOUT_S = 5.0
@@ -36,8 +37,12 @@ def setup(
     settings: Settings,
     pool: asyncpg.Pool,
     redis: aioredis.Redis,
+    limiter: Limiter | None = None,
 ) -> None:
-    """Add every operator route and the request metrics to the listener ``app``."""
+    """Add every operator route and the request metrics to the listener ``app``.
+
+    ``limiter`` counts refused admin keys per client (None: not limited).
+    """
     chain = ChainClient(
         settings.rpc_url, chain_id=settings.chain_id, timeout_s=CHAIN_TIMEOUT_S
     )
@@ -54,7 +59,7 @@ def setup(
     openapi.setup(app)
     reports_page.setup(app)
     keys = AdminKeys.from_settings(settings)
-    admin.setup(app, AdminContext(settings, pool, chain, keys))
+    admin.setup(app, AdminContext(settings, pool, chain, keys, limiter))
 
 
 async def serve_metrics(request: web.Request) -> web.Response:

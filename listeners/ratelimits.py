@@ -1,9 +1,12 @@
-"""Rate limits of the webhook endpoints, kept in Redis so every listener shares them.
+"""Rate limits of the listener, kept in Redis so every listener shares them.
 
-Two moving-window limits apply: one per client IP, counted before anything
-else so floods are cheap to refuse, and one per partner, counted only for
-requests whose signature holds, so nobody can exhaust a partner's budget by
-posting forgeries to its path. Keys live under ``<redis_prefix>:ratelimit``.
+Three moving-window limits apply. On the webhooks: one per client IP,
+counted before anything else so floods are cheap to refuse, and one per
+partner, counted only for requests whose signature holds, so nobody can
+exhaust a partner's budget by posting forgeries to its path. On the admin
+API: one per client IP counting only *refused* keys, which bounds key
+guessing and the audit rows a flood of bad keys writes, while a caller with
+a valid key is never slowed. Keys live under ``<redis_prefix>:ratelimit``.
 
 The client IP is the TCP peer, unless the peer is a trusted proxy
 (``HAVEN_TRUSTED_PROXIES``): then ``X-Forwarded-For`` is read from the right,
@@ -46,6 +49,8 @@ class RateLimits:
     per_ip: str = "600/minute"
     # CIDR networks whose X-Forwarded-For is believed; empty: none is.
     trusted_proxies: tuple[str, ...] = ()
+    # Requests with a missing or wrong admin key, per client IP.
+    admin_refusals: str = "30/minute"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimits:
@@ -113,6 +118,7 @@ class Limiter:
         self._window = MovingWindowRateLimiter(storage)
         self._per_ip = parse(limits.per_ip)
         self._per_partner = parse(limits.per_partner)
+        self._admin_refusals = parse(limits.admin_refusals)
         self._trusted = tuple(
             ipaddress.ip_network(cidr, strict=False) for cidr in limits.trusted_proxies
         )
@@ -126,13 +132,32 @@ class Limiter:
         when ``remote_addr`` is a trusted proxy; see :func:`client_address`.
         """
         client = client_address(remote_addr, forwarded_for, self._trusted)
-        await self._hit(self._per_ip, "ip", client)
+        await self._hit(self._per_ip, "ip", client, "requests for this ip")
 
     async def check_partner(self, partner: str) -> None:
         """Count an authentic request of ``partner``; raise a 429 Rejection past it."""
-        await self._hit(self._per_partner, "partner", partner)
+        await self._hit(
+            self._per_partner, "partner", partner, "requests for this partner"
+        )
 
-    async def _hit(self, item: RateLimitItem, scope: str, who: str) -> None:
+    async def check_admin_refusal(
+        self, remote_addr: str, *, forwarded_for: str | None = None
+    ) -> None:
+        """Count a refused admin key from a client; raise a 429 Rejection past it.
+
+        The client is found as in :meth:`check_ip`.
+        """
+        client = client_address(remote_addr, forwarded_for, self._trusted)
+        await self._hit(
+            self._admin_refusals,
+            "admin_refusal",
+            client,
+            "refused admin keys from this ip",
+        )
+
+    async def _hit(
+        self, item: RateLimitItem, scope: str, who: str, counted: str
+    ) -> None:
         try:
             allowed = await self._count(item, scope, who)
         except RedisUnavailableError:
@@ -145,7 +170,7 @@ class Limiter:
             raise Rejection(
                 429,
                 "rate_limited",
-                f"too many requests for this {scope}; retry after {allowed} s",
+                f"too many {counted}; retry after {allowed} s",
                 retry_after_s=allowed,
             )
 

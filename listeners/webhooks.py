@@ -81,7 +81,10 @@ async def receive(request: web.Request) -> web.Response:
 async def _process(
     request: web.Request, receiver: Receiver, attempt: Attempt
 ) -> Answer:
-    await receiver.limiter.check_ip(request.remote or "unknown")
+    await receiver.limiter.check_ip(
+        request.remote or "unknown",
+        forwarded_for=request.headers.get("X-Forwarded-For"),
+    )
     verifier = _verifier(request, receiver)
     _check_method(request)
     _check_media_type(request)

@@ -463,6 +463,39 @@ async def find(
     return [Alert.from_row(row) for row in rows]
 
 
+async def page(
+    connection: asyncpg.Connection,
+    *,
+    limit: int,
+    before_id: int | None = None,
+    rule: str | None = None,
+    subject: str | None = None,
+    statuses: Sequence[str] | None = None,
+) -> list[Alert]:
+    """Return up to ``limit`` matching alerts, newest first, below ``before_id``.
+
+    Reads ``limit`` rows at most: ask for one more than a page to learn
+    whether another page follows.
+    """
+    rows = await connection.fetch(
+        _SELECT
+        + """
+         WHERE ($1::text IS NULL OR a.rule = $1)
+           AND ($2::text IS NULL OR a.subject = $2)
+           AND ($3::text[] IS NULL OR a.status = ANY($3::text[]))
+           AND ($4::bigint IS NULL OR a.id < $4)
+         ORDER BY a.id DESC
+         LIMIT $5
+        """,
+        rule,
+        subject,
+        list(statuses) if statuses is not None else None,
+        before_id,
+        limit,
+    )
+    return [Alert.from_row(row) for row in rows]
+
+
 async def history(
     connection: asyncpg.Connection, alert_id: int
 ) -> list[dict[str, Any]]:

@@ -38,6 +38,24 @@ async def test_a_client_past_its_ip_limit_gets_429_with_retry_after(
     )
 
 
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget(
+    start_listener,
+):
+    limits = RateLimits(
+        per_partner="1000/minute", per_ip="2/minute", trusted_proxies=("127.0.0.1/32",)
+    )
+    async with start_listener(rate_limits=limits) as listener:
+        partner = listener.partner
+        statuses = []
+        for n, client in enumerate(["198.51.100.1"] * 3 + ["198.51.100.2"]):
+            reply = await partner.send(
+                "aurora", body(partner, 100 + n), headers={"X-Forwarded-For": client}
+            )
+            statuses.append(reply.status)
+
+    assert statuses == [202, 202, 429, 202]
+
+
 async def test_forgeries_do_not_spend_a_partners_budget(start_listener, conn):
     limits = RateLimits(per_partner="2/minute", per_ip="1000/minute")
     async with start_listener(rate_limits=limits) as listener:

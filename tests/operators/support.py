@@ -30,7 +30,11 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 ADMIN_KEY = "operator-key-" + "k" * 24
 OTHER_ADMIN_KEY = "second-operator-key-" + "q" * 24
 NO_NODE_URL = "http://127.0.0.1:9"
-GENEROUS = RateLimits(per_partner="100000/minute", per_ip="100000/minute")
+GENEROUS = RateLimits(
+    per_partner="100000/minute",
+    per_ip="100000/minute",
+    admin_refusals="100000/minute",
+)
 WALLET = ChecksumAddress("0x70997970C51812dc3A010C7d01b50e0d17dc79C8")
 SIGNER = ChecksumAddress("0x90F79bf6EB2c4f870365E785982E1f101E93b906")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from haven import db
+from haven.listeners import admin_requests as req
 from haven.reconciler import alerts
 
 ALERTS = "/api/v1/admin/alerts"
@@ -90,3 +91,40 @@ async def test_a_move_the_lifecycle_forbids_is_409_and_an_unknown_alert_404(
     assert (again.status, again.error_code) == (409, "wrong_status")
     assert (unknown.status, unknown.error_code) == (404, "not_found")
     assert malformed.status == 422
+
+
+async def test_alerts_are_paged_newest_first_with_filters_kept_across_pages(
+    client, service
+):
+    raised = [await raise_alert(service.pool, f"0xpaged{n}") for n in range(5)]
+    await client.post(f"{ALERTS}/{raised[3]}/acknowledge")
+
+    pages, cursor = [], None
+    while True:
+        reply = await client.get(
+            f"{ALERTS}?status=open&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        )
+        assert reply.status == 200
+        pages.append([a["id"] for a in reply.body["alerts"]])
+        cursor = reply.body["next_cursor"]
+        if cursor is None:
+            break
+
+    assert pages == [[raised[4], raised[2]], [raised[1], raised[0]]]
+
+
+async def test_a_forged_cursor_is_refused_not_sent_to_the_database(client):
+    forged = req.encode_cursor({"before_id": 2**64 - 1})
+
+    replies = [
+        await client.get(f"{path}?cursor={forged}")
+        for path in (ALERTS, "/api/v1/admin/audit")
+    ]
+
+    assert [(r.status, r.error_code) for r in replies] == [
+        (422, "invalid_request"),
+        (422, "invalid_request"),
+    ]
+    assert replies[0].body["error"]["fields"] == [
+        {"path": "query.cursor", "message": "not a cursor of this listing"}
+    ]

@@ -7,11 +7,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from operators.support import ADMIN_KEY, Service, environ
+from operators.support import (
+    ADMIN_KEY,
+    SIGNER,
+    WALLET,
+    Service,
+    environ,
+    seed_signer,
+)
 
 from harness.anvil import DEV_KEYS
-from haven import deploy, settings, token
+from haven import db, deploy, settings, token
 from haven.chain import ChainClient
+from haven.daemon import custody
 from haven.listeners.auth import fingerprint
 from haven.types import ChecksumAddress
 
@@ -102,3 +110,28 @@ async def test_an_unknown_wallet_is_404_and_a_malformed_address_422(deployed):
 
     assert (unknown.status, unknown.error_code) == (404, "not_found")
     assert (malformed.status, malformed.error_code) == (422, "invalid_request")
+
+
+async def test_a_signers_audit_trail_is_paged_newest_first(service):
+    await seed_signer(service.pool)
+    async with db.transaction(service.pool) as connection:
+        for n in range(5):
+            await custody.record(
+                connection, SIGNER, "sign", actor="test", detail={"n": n}
+            )
+        # Another signer's rows never show in this trail.
+        await custody.record(connection, WALLET, "sign", actor="test")
+
+    seen, cursor = [], None
+    while True:
+        reply = await service.client.get(
+            f"{WALLETS}/{SIGNER}/audit?limit=2"
+            + (f"&cursor={cursor}" if cursor else "")
+        )
+        assert reply.status == 200
+        seen.append([entry["detail"]["n"] for entry in reply.body["entries"]])
+        cursor = reply.body["next_cursor"]
+        if cursor is None:
+            break
+
+    assert seen == [[4, 3], [2, 1], [0]]

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
+import aiohttp
 import pytest
-from operators.support import ADMIN_KEY, OTHER_ADMIN_KEY
+from aiohttp.test_utils import TestServer
+from operators.support import (
+    ADMIN_KEY,
+    GENEROUS,
+    OTHER_ADMIN_KEY,
+    Client,
+    Service,
+    environ,
+)
 
+from haven import db, settings
+from haven.listeners.app import create_app
 from haven.listeners.auth import AdminKeys, Unauthorized, fingerprint
 
 ADMIN_PATHS = ["/api/v1/admin/intents", "/api/v1/admin/audit", "/api/v1/admin/nope"]
@@ -100,3 +112,47 @@ async def test_a_valid_key_is_audited_by_fingerprint_never_by_value(client, serv
     )
     assert OTHER_ADMIN_KEY not in dumped
     assert ADMIN_KEY not in dumped
+
+
+@pytest.fixture
+async def strict_service(database_url, redis_prefix, redis_client):
+    """A listener allowing 3 refused admin keys a minute per client address."""
+    loaded = settings.load(environ(database_url, redis_prefix))
+    limits = replace(
+        GENEROUS, admin_refusals="3/minute", trusted_proxies=("127.0.0.1/32",)
+    )
+    pool = await db.create_pool(database_url, min_size=0, max_size=3)
+    server = TestServer(
+        create_app(loaded, pool, redis_client, rate_limits=limits), host="127.0.0.1"
+    )
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as session:
+        yield Service(url, pool, Client(url, session), loaded)
+    await server.close()
+    await pool.close()
+
+
+async def test_a_flood_of_wrong_keys_is_cut_off_per_address_without_audit_rows(
+    strict_service,
+):
+    client = strict_service.client
+    wrong = "not-the-key-" + "z" * 30
+
+    refused = [await client.get("/api/v1/admin/intents", key=wrong) for _ in range(5)]
+    with_key = await client.get("/api/v1/admin/intents")
+    elsewhere = await client.get(
+        "/api/v1/admin/intents",
+        key=wrong,
+        headers={"X-Forwarded-For": "198.51.100.9"},
+    )
+
+    assert [r.status for r in refused] == [401, 401, 401, 429, 429]
+    assert refused[3].error_code == "rate_limited"
+    assert int(refused[3].headers["Retry-After"]) >= 1
+    assert with_key.status == 200  # a valid key is never slowed
+    assert elsewhere.status == 401  # another client has its own budget
+    outcomes = await strict_service.pool.fetch(
+        "SELECT outcome, count(*) FROM admin_audit GROUP BY outcome ORDER BY 1"
+    )
+    assert [tuple(row) for row in outcomes] == [("succeeded", 1), ("unauthorized", 4)]

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
-from operators.support import environ, seed_intent, seed_signer, seed_submitted
+import orjson
+from operators.support import (
+    SIGNER,
+    environ,
+    seed_intent,
+    seed_signer,
+    seed_submitted,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.anvil import free_port
@@ -15,6 +23,7 @@ from haven.chain import ChainClient
 from haven.daemon import http
 from haven.daemon.breaker import CircuitBreaker
 from haven.errors import RpcUnavailableError
+from haven.reconciler import breaks
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -57,6 +66,66 @@ async def test_intents_by_status_and_in_flight_are_read_from_the_books(client, s
     )
     assert value(found, "haven_scrape_source_up", source="postgres") == 1
     assert value(found, "haven_scrape_source_up", source="chain") == 0
+
+
+async def test_queued_splits_signed_but_unsent_nonces_per_signer_from_sent_ones(
+    client, service
+):
+    idle = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+    await seed_signer(service.pool, idle)
+    sent = await seed_intent(service.pool, "AUR-sent")
+    await seed_submitted(service.pool, sent, nonce=0)
+    # Signed and committed, but no node has taken it yet (e.g. refused).
+    unsent = await seed_intent(service.pool, "AUR-unsent")
+    await seed_submitted(service.pool, unsent, nonce=1, sent_block=None)
+    await seed_intent(service.pool, "AUR-waiting")
+
+    found = samples((await client.get("/metrics", key=None)).text)
+
+    assert value(found, "haven_signer_in_flight", signer=SIGNER) == 1
+    assert value(found, "haven_signer_queued", signer=SIGNER) == 1
+    assert value(found, "haven_signer_in_flight", signer=idle) == 0
+    assert value(found, "haven_signer_queued", signer=idle) == 0
+    assert value(found, "haven_signer_queued", signer="unassigned") == 1
+
+
+async def test_open_breaks_are_counted_by_class_and_aged_from_first_sighting(
+    client, service
+):
+    first_seen = datetime.now(UTC) - timedelta(days=3)
+    found_breaks = [
+        breaks.Break(breaks.AMOUNT_MISMATCH, f"0x{n:064x}", {"n": str(n)})
+        for n in range(2)
+    ]
+    found_breaks.append(breaks.Break(breaks.SUPPLY_DRIFT, "token", {"drift": "1"}))
+    async with db.transaction(service.pool) as connection:
+        await breaks.record_seen(connection, found_breaks[:1], at=first_seen)
+        await breaks.record_seen(connection, found_breaks[1:], at=datetime.now(UTC))
+        await breaks.record_seen(
+            connection,
+            [breaks.Break(breaks.STALE_INTENT, "0x01", {})],
+            at=first_seen,
+        )
+        await breaks.resolve_unseen(connection, found_breaks, at=datetime.now(UTC))
+
+    found = samples((await client.get("/metrics", key=None)).text)
+
+    def open_of(cls: str) -> float | None:
+        priority = breaks.PRIORITY[cls]
+        return value(found, "haven_breaks_open", **{"class": cls, "priority": priority})
+
+    def oldest_s(cls: str) -> float:
+        age_s = value(found, "haven_break_oldest_age_seconds", **{"class": cls})
+        assert age_s is not None
+        return age_s
+
+    assert open_of(breaks.AMOUNT_MISMATCH) == 2
+    assert open_of(breaks.SUPPLY_DRIFT) == 1
+    assert open_of(breaks.STALE_INTENT) == 0  # resolved
+    three_days_s = timedelta(days=3).total_seconds()
+    assert three_days_s <= oldest_s(breaks.AMOUNT_MISMATCH) < three_days_s + 600
+    assert oldest_s(breaks.SUPPLY_DRIFT) < 600
+    assert oldest_s(breaks.STALE_INTENT) == 0
 
 
 async def test_webhook_answers_and_requests_are_counted_by_stable_labels(client):
@@ -117,6 +186,7 @@ async def test_the_daemon_serves_metrics_health_and_its_breakers_on_its_own_host
         try:
             base = f"http://127.0.0.2:{port}"
             health = await _get_when_up(f"{base}/healthz")
+            ready = orjson.loads(await _get_when_up(f"{base}/readyz"))
             text = await _get_when_up(f"{base}/metrics")
         finally:
             stopping.set()
@@ -124,6 +194,9 @@ async def test_the_daemon_serves_metrics_health_and_its_breakers_on_its_own_host
     await pool.close()
 
     assert '"alive"' in health
+    assert ready["status"] == "ready"
+    # The daemon does not use Redis: its readiness does not depend on it.
+    assert set(ready["checks"]) == {"postgres", "chain", "tail"}
     found = samples(text)
     assert value(found, "haven_breaker_state", breaker="rpc") == 2  # open
     assert value(found, "haven_intents", status="ready") == 0
