@@ -34,15 +34,18 @@ browser:
 	    echo "browser: install Debian's chromium (sudo apt-get install chromium) to run the report page test" >&2; \
 	  fi; }
 
+# Each stops the servers scripts/services.sh started for it (never one that
+# was already running) and keeps the exit code of the demo or the tests.
 demo: setup
-	$(BIN)/haven demo
+	@status=0; $(BIN)/haven demo || status=$$?; scripts/services.sh stop; exit $$status
 
-test: setup browser lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: browser lint setup
+	@status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; scripts/services.sh stop; exit $$status
 
 # The long randomised suites at full count (crash matrix, reorg fuzzing, soak).
-test-full: setup browser
-	HAVENTEST_FULL=1 $(BIN)/pytest --timeout=1800 $(PYTEST_ARGS)
+test-full: browser setup
+	@status=0; HAVENTEST_FULL=1 $(BIN)/pytest --timeout=1800 $(PYTEST_ARGS) || status=$$?; \
+	  scripts/services.sh stop; exit $$status
 
 lint: $(VENV)/.installed node_modules/.installed
 	$(BIN)/ruff check .

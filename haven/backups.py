@@ -466,16 +466,43 @@ async def compare_counts(dsn: str, manifest: Manifest) -> list[str]:
 
 @dataclass(frozen=True)
 class Verification:
-    """The outcome of restoring a backup into a scratch database."""
+    """The outcome of restoring a backup into a scratch database.
+
+    ``problems`` hold what proves the backup bad: an unreadable file, a
+    failed restore, row counts that differ, books that break. The books are
+    ``checked`` only when the reconciler reached a verdict: a chain it
+    could not read (or none configured) leaves the backup restorable but
+    not vouched for, which the command says with its own exit code.
+    """
 
     path: Path
     manifest: Manifest | None
     problems: tuple[str, ...]
     reconciliation: str
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def is_checked(self) -> bool:
+        return self.reconciliation in CHECKED_VERDICTS
 
     @property
     def is_ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.is_checked
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok; 1 the backup is bad; 3 restored but the books not checked."""
+        if self.problems:
+            return reports.EXIT_NOT_RECONCILED
+        if not self.is_checked:
+            return reports.EXIT_INCOMPLETE
+        return reports.EXIT_RECONCILED
+
+
+# Verdicts that vouch for the books as of the backup. Intents outstanding
+# when it was taken are normal for a live system, and not a fault of it.
+CHECKED_VERDICTS = (runs.RECONCILED, runs.PENDING)
+NOT_CHECKED = "not checked"
 
 
 async def verify(path: Path, settings: Settings, keys: MultiFernet) -> Verification:
@@ -483,36 +510,40 @@ async def verify(path: Path, settings: Settings, keys: MultiFernet) -> Verificat
 
     The scratch database lives on the server of ``settings.database_url``
     under a random ``haven_verify_`` name; the live database is not touched.
-    A bad file or a bad restore is reported in ``problems``, not raised.
+    A bad file or a bad restore is reported in ``problems``, not raised;
+    books the reconciler could not judge are reported as not checked.
     """
     try:
         manifest = inspect(path, keys)
     except BackupError as exc:
-        return Verification(path, None, (str(exc),), "not checked")
+        return Verification(path, None, (str(exc),), NOT_CHECKED)
     scratch = _with_database(
         settings.database_url.reveal(), f"haven_verify_{uuid.uuid4().hex[:12]}"
     )
     try:
         await restore(path, scratch, keys)
-        verdict = await _reconciliation(scratch, settings, manifest)
+        verdict, reasons = await _reconciliation(scratch, settings, manifest)
     except BackupError as exc:
-        return Verification(path, manifest, (str(exc),), "not checked")
+        return Verification(path, manifest, (str(exc),), NOT_CHECKED)
     finally:
         await _drop(scratch)
     problems: tuple[str, ...] = ()
     if verdict == runs.BREAKS:
-        problems = ("the books as of the backup do not reconcile (breaks)",)
-    return Verification(path, manifest, problems, verdict)
+        detail = "; ".join(reasons) or "breaks"
+        problems = (f"the books as of the backup do not reconcile ({detail})",)
+    return Verification(path, manifest, problems, verdict, reasons)
 
 
-async def _reconciliation(dsn: str, settings: Settings, manifest: Manifest) -> str:
+async def _reconciliation(
+    dsn: str, settings: Settings, manifest: Manifest
+) -> tuple[str, tuple[str, ...]]:
     """Return the reconciler's verdict on the restored books as of the backup.
 
-    ``incomplete`` (chain unreachable, token unset) is reported, not failed:
-    the restore itself proved the backup usable.
+    With its reasons: why the books break, or why they could not be checked
+    (chain unreachable, index behind, no chain configured).
     """
     if not settings.rpc_url or settings.chain_id is None:
-        return "not checked (HAVEN_RPC_URL or HAVEN_CHAIN_ID unset)"
+        return NOT_CHECKED, ("HAVEN_RPC_URL or HAVEN_CHAIN_ID is unset",)
     pool = await db.create_pool(dsn, max_size=2)
     try:
         async with ChainClient(settings.rpc_url, chain_id=settings.chain_id) as chain:
@@ -521,7 +552,7 @@ async def _reconciliation(dsn: str, settings: Settings, manifest: Manifest) -> s
             )
     finally:
         await pool.close()
-    return str(report.verdict)
+    return str(report.verdict), tuple(report.data["reasons"])
 
 
 async def _drop(dsn: str) -> None:
@@ -560,6 +591,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_KEEP,
         help=f"backups of this database to keep (default {DEFAULT_KEEP})",
     )
+    parser.epilog = (
+        f"verify exit status: {reports.EXIT_RECONCILED} ok; "
+        f"{reports.EXIT_NOT_RECONCILED} the backup is unreadable, restores wrong "
+        f"or its books break; {reports.EXIT_INCOMPLETE} it restored but its books "
+        "could not be reconciled (chain unreachable or not configured)"
+    )
 
 
 def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
@@ -596,7 +633,7 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
         path = args.file or _newest(args.dir, database_name(dsn))
         result = await verify(path, settings, keys)
         _print_verification(result)
-        return 0 if result.is_ok else 1
+        return result.exit_code
     path = await take(dsn, args.dir, keys, keep=args.keep)
     print(path)
     return 0
@@ -638,6 +675,19 @@ def _print_verification(result: Verification) -> None:
         print(f"tables         {len(result.manifest.row_counts)}")
         print(f"rows           {sum(result.manifest.row_counts.values())}")
     print(f"reconciliation {result.reconciliation}")
+    for reason in result.reasons:
+        print(f"reason         {reason}")
     for problem in result.problems:
         print(f"problem        {problem}")
-    print(f"verdict        {'ok' if result.is_ok else 'FAILED'}")
+    print(f"verdict        {_verdict_line(result)}")
+
+
+def _verdict_line(result: Verification) -> str:
+    if result.problems:
+        return "FAILED"
+    if not result.is_checked:
+        return (
+            "UNCHECKED: the backup restored and its row counts match, but the "
+            "books could not be reconciled; fix the reasons above and verify again"
+        )
+    return "ok"

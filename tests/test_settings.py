@@ -107,8 +107,23 @@ def test_unknown_key_in_toml_file_is_an_error_naming_the_file(tmp_path: Path):
     path = tmp_path / "haven.toml"
     path.write_text("confirmatons = 20\n")
 
-    with pytest.raises(ConfigError, match="confirmatons"):
+    with pytest.raises(ConfigError, match="confirmatons") as caught:
         settings.load(valid_env(HAVEN_CONFIG=str(path)))
+
+    assert str(path) in str(caught.value)
+
+
+def test_the_master_key_can_come_from_the_toml_file(tmp_path: Path):
+    in_file = Fernet.generate_key().decode()
+    path = tmp_path / "haven.toml"
+    path.write_text(f'master_key = "{in_file}"\n')
+    env = valid_env(HAVEN_CONFIG=str(path))
+    del env["HAVEN_MASTER_KEY"]
+
+    loaded = settings.load(env)
+
+    assert loaded.master_key.reveal() == (in_file,)
+    assert in_file not in repr(loaded) + str(loaded.describe())
 
 
 def test_check_config_prints_masked_settings_or_errors_with_exit_code():

@@ -150,6 +150,26 @@ async def test_every_custody_action_is_audited_without_key_material(
     assert "0x" + signed.raw_tx.hex() not in text
 
 
+async def test_creating_a_signer_writes_one_create_audit_row_without_its_key(
+    pool: db.Pool, database_url: str
+):
+    master = Fernet.generate_key()
+    loaded = settings_with(database_url, master)
+
+    address = await custody.create_signer(pool, loaded, actor="cli:ops")
+
+    async with pool.acquire() as conn:
+        trail = await custody.audit_trail(conn, address)
+    plaintext = Fernet(master).decrypt(await stored_token(pool, address))
+    text = await all_rows_text(pool)
+    assert [(e.signer, e.action, e.actor) for e in trail] == [
+        (address, "create", "cli:ops")
+    ]
+    assert plaintext.hex() not in text.lower()
+    assert (await stored_token(pool, address)).decode() not in text
+    assert master.decode() not in text
+
+
 async def test_a_local_signer_never_shows_its_key():
     signer = custody.LocalSigner(bytes.fromhex(KNOWN_KEY[2:]))
 

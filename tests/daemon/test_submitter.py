@@ -20,7 +20,7 @@ from loguru import logger
 from harness import chainsetup
 from harness.anvil import DEV_KEYS
 from harness.minting import GUEST, Rig, wait_for
-from harness.rpcproxy import DROP, DROP_RESPONSE, ERROR, running_proxy
+from harness.rpcproxy import DROP, DROP_RESPONSE, ERROR, RpcProxy, running_proxy
 from haven import db, intents, metrics, token
 from haven.daemon import attempts, submitter
 from haven.daemon.custody import Signer
@@ -468,3 +468,45 @@ async def test_a_bump_is_counted_and_each_log_line_of_an_intent_has_its_request_
 
 async def logged(lines: list[dict[str, Any]], message: str) -> bool:
     return any(line["message"] == message for line in lines)
+
+
+def first_send_nonces(proxy: RpcProxy, since: int = 0) -> list[int]:
+    """Nonces in the order the node first heard of them, from send ``since`` on."""
+    seen: list[int] = []
+    for sent in proxy.sends[since:]:
+        if sent.tx.nonce not in seen:
+            seen.append(sent.tx.nonce)
+    return seen
+
+
+async def nonces_sent(proxy: RpcProxy, count: int, since: int = 0) -> bool:
+    return len(first_send_nonces(proxy, since)) >= count
+
+
+async def test_transactions_reach_the_node_in_nonce_order_and_again_after_a_drop(
+    rig: Rig,
+):
+    count = 12
+    await rig.node.rpc("evm_setAutomine", [False])
+    ids = await rig.add_intents(count)
+    async with (
+        running_proxy(rig.node.url) as proxy,
+        rig.running(rig.submitter(rpc_url=proxy.url)),
+    ):
+        await wait_for(lambda: nonces_sent(proxy, count), what=f"{count} sent")
+        first = first_send_nonces(proxy)
+        # The node forgets every pending transaction: each is sent again from
+        # its stored bytes, and a later nonce must not overtake an earlier one.
+        await rig.node.rpc("anvil_dropAllTransactions")
+        dropped_at = len(proxy.sends)
+        await wait_for(
+            lambda: nonces_sent(proxy, count, dropped_at), what="every nonce resent"
+        )
+        again = first_send_nonces(proxy, dropped_at)
+        await rig.node.rpc("evm_setAutomine", [True])
+        await rig.node.mine(1)
+        await rig.wait_minted(ids)
+
+    assert first == list(range(first[0], first[0] + count))
+    assert again == first
+    await rig.assert_paid_once(ids)

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
+from haven import db, settings
 from haven.listeners.answers import Rejection
+from haven.listeners.app import create_app
+from haven.listeners.ratelimits import RateLimits
 from haven.listeners.signatures import SignedHeaders, Verifier
 
 TOLERANCE_S = 300
@@ -229,3 +236,63 @@ def test_the_worked_example_of_the_partner_contract_verifies():
     )
 
     verifier.verify(signed, body, now_s=1796112000)
+
+
+@asynccontextmanager
+async def listener_on(environ: dict[str, str], redis_client) -> AsyncIterator[str]:
+    """Run a listener on ``environ``'s settings; yield its base URL."""
+    loaded = settings.load(environ)
+    pool = await db.create_pool(loaded.database_url.reveal(), max_size=4)
+    unlimited = RateLimits(per_partner="100000/minute", per_ip="100000/minute")
+    app = create_app(loaded, pool, redis_client, rate_limits=unlimited)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+        await pool.close()
+
+
+def contribution(partner, contribution_id: str) -> dict:
+    data = {
+        "member_id": "M-1",
+        "wallet": partner.WALLET,
+        "contribution_id": contribution_id,
+    }
+    return partner.envelope("contribution.recorded", data)
+
+
+async def test_each_partner_has_its_own_timestamp_window(
+    listener_environ, redis_client, make_partner
+):
+    environ = listener_environ | {
+        "HAVEN_WEBHOOK_TOLERANCE_S": str(TOLERANCE_S),
+        "HAVEN_WEBHOOK_TOLERANCE_S_AURORA": "60",
+        "HAVEN_WEBHOOK_TOLERANCE_S_TRIBE": "900",
+    }
+    # Inside the shared 300 s window but outside Aurora's own, and the
+    # other way round for Tribe.
+    cases = [
+        ("aurora", -120, 401),
+        ("aurora", -30, 202),
+        ("tribe", -600, 202),
+        ("tribe", -960, 401),
+    ]
+    answers = []
+    async with (
+        listener_on(environ, redis_client) as url,
+        aiohttp.ClientSession() as session,
+    ):
+        partner = make_partner(url, session)
+        for name, offset_s, _ in cases:
+            sent_at = datetime.now(UTC) + timedelta(seconds=offset_s)
+            body = (
+                confirmed(partner, f"AUR-P{offset_s}")
+                if name == "aurora"
+                else contribution(partner, f"C-P{offset_s}")
+            )
+            reply = await partner.send(name, body, sent_at=sent_at)
+            answers.append((name, offset_s, reply.status))
+
+    assert answers == cases

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +31,7 @@ from ops.deployments import (
 from ops.processes import HAVEN, haven_environ
 
 from harness import databases
-from harness.anvil import AnvilNode
+from harness.anvil import AnvilNode, free_port
 from haven import archives, backups, db, intents, settings
 from haven.types import ChecksumAddress, Wei
 
@@ -276,18 +278,25 @@ async def scratch_databases() -> set[str]:
     return {row["datname"] for row in rows}
 
 
+def unreachable_chain_environ(database_url: str, redis_prefix: str) -> dict[str, str]:
+    """Settings whose RPC URL is a free port: nothing answers there."""
+    return haven_environ(
+        database_url, redis_prefix, HAVEN_RPC_URL=f"http://127.0.0.1:{free_port()}"
+    )
+
+
 async def test_verify_restores_into_a_scratch_database_and_drops_it(
     database_url, redis_prefix, tmp_path
 ):
     await seed_intents(database_url, 7)
-    loaded = settings.load(haven_environ(database_url, redis_prefix))
+    loaded = settings.load(unreachable_chain_environ(database_url, redis_prefix))
     keys = backups.key_ring(loaded)
     path = await backups.take(database_url, tmp_path, keys, keep=1)
     before = await scratch_databases()
 
     result = await backups.verify(path, loaded, keys)
 
-    assert result.is_ok, result.problems
+    assert result.problems == ()
     assert result.manifest is not None
     assert result.manifest.row_counts["public.intents"] == 7
     assert await scratch_databases() == before
@@ -296,7 +305,7 @@ async def test_verify_restores_into_a_scratch_database_and_drops_it(
 async def test_verify_reports_a_damaged_backup_as_failed(
     database_url, redis_prefix, tmp_path
 ):
-    loaded = settings.load(haven_environ(database_url, redis_prefix))
+    loaded = settings.load(unreachable_chain_environ(database_url, redis_prefix))
     keys = backups.key_ring(loaded)
     path = await backups.take(database_url, tmp_path, keys, keep=1)
     path.write_bytes(path.read_bytes()[:-1])
@@ -304,7 +313,45 @@ async def test_verify_reports_a_damaged_backup_as_failed(
     result = await backups.verify(path, loaded, keys)
 
     assert not result.is_ok
+    assert result.exit_code == 1
     assert "truncated" in result.problems[0]
+
+
+async def test_verify_that_cannot_reach_the_chain_says_the_books_are_unchecked(
+    database_url, redis_prefix, tmp_path, capsys
+):
+    await seed_intents(database_url, 2)
+    loaded = settings.load(unreachable_chain_environ(database_url, redis_prefix))
+    directory = str(tmp_path)
+    await backups.take(database_url, tmp_path, backups.key_ring(loaded), keep=1)
+
+    code = await backups.command(
+        loaded, command_line().parse_args(["backup", "verify", "--dir", directory])
+    )
+
+    out = capsys.readouterr().out
+    assert code == 3
+    assert "reconciliation incomplete" in out
+    assert "reason         chain_unreachable" in out
+    assert "verdict        UNCHECKED" in out
+    assert "verdict        ok" not in out
+
+
+async def test_verify_without_a_chain_configured_says_the_books_are_unchecked(
+    database_url, redis_prefix, tmp_path
+):
+    await seed_intents(database_url, 2)
+    loaded = dataclasses.replace(
+        settings.load(haven_environ(database_url, redis_prefix)), rpc_url=()
+    )
+    keys = backups.key_ring(loaded)
+    path = await backups.take(database_url, tmp_path, keys, keep=1)
+
+    result = await backups.verify(path, loaded, keys)
+
+    assert (result.problems, result.is_checked) == ((), False)
+    assert result.exit_code == 3
+    assert "HAVEN_RPC_URL" in result.reasons[0]
 
 
 def test_backups_are_sealed_with_the_backup_key_and_never_the_master_key():
@@ -343,7 +390,7 @@ async def test_backup_commands_create_list_verify_and_restore(
 ):
     await seed_intents(database_url, 3)
     parser = command_line()
-    loaded = settings.load(haven_environ(database_url, redis_prefix))
+    loaded = settings.load(unreachable_chain_environ(database_url, redis_prefix))
     directory = str(tmp_path)
 
     assert (
@@ -361,13 +408,14 @@ async def test_backup_commands_create_list_verify_and_restore(
     )
     assert created.name in capsys.readouterr().out
 
+    # No chain answers at the default RPC URL: restorable, books unchecked.
     assert (
         await backups.command(
             loaded, parser.parse_args(["backup", "verify", "--dir", directory])
         )
-        == 0
+        == 3
     )
-    assert "verdict        ok" in capsys.readouterr().out
+    assert "verdict        UNCHECKED" in capsys.readouterr().out
 
     target = settings.load(
         haven_environ(new_database_url, redis_prefix)
@@ -439,3 +487,62 @@ async def test_drill_restore_resumes_from_the_chain_and_reconciles_with_no_doubl
     code, report = await report_verdict(environ, tmp_path)
     assert report["verdict"] == "reconciled", report
     assert code == 0
+
+
+async def chain_clock_passed(node: AnvilNode) -> bool:
+    """Tell whether the wall clock has left the second of the newest block.
+
+    A backup's reconciliation cuts the chain before the second it was taken
+    in; a backup taken after this holds every block mined so far.
+    """
+    block = await node.rpc("eth_getBlockByNumber", ["latest", False])
+    return int(time.time()) > int(block["timestamp"], 16)
+
+
+async def confirmed_backup(
+    environ: dict[str, str], node: AnvilNode, tmp_path: Path, name: str
+) -> Path:
+    """Back up the database once every block so far is in a past second."""
+    await processes.wait_until(
+        lambda: chain_clock_passed(node), 5, "the chain's newest second to pass"
+    )
+    keys = backups.key_ring(settings.load(environ))
+    dsn = environ["HAVEN_DATABASE_URL"]
+    return await backups.take(dsn, tmp_path / name, keys, keep=1)
+
+
+async def test_verify_reconciles_a_backup_of_sound_books_and_fails_broken_ones(
+    database_url, redis_prefix, anvil, tmp_path, capsys
+):
+    environ = await deployed_environ(database_url, redis_prefix, anvil)
+    loaded = settings.load(environ)
+    keys = backups.key_ring(loaded)
+    minted = await seed_ready_intents(database_url, 4, prefix="VERIFY")
+    await run_daemon_until_confirmed("daemon", environ, 4, anvil, tmp_path)
+
+    sound = await confirmed_backup(environ, anvil, tmp_path, "sound")
+    # The database now claims more than the chain paid for one intent.
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            "UPDATE intents SET amount_wei = amount_wei + 1 WHERE id = $1", minted[0]
+        )
+    finally:
+        await connection.close()
+    broken = await confirmed_backup(environ, anvil, tmp_path, "broken")
+
+    good = await backups.verify(sound, loaded, keys)
+    bad = await backups.verify(broken, loaded, keys)
+    code = await backups.command(
+        loaded, command_line().parse_args(["backup", "verify", str(broken)])
+    )
+
+    assert (good.reconciliation, good.problems, good.exit_code) == (
+        "reconciled",
+        (),
+        0,
+    )
+    assert bad.reconciliation == "breaks"
+    assert "do not reconcile" in bad.problems[0]
+    assert (bad.is_ok, bad.exit_code, code) == (False, 1, 1)
+    assert "verdict        FAILED" in capsys.readouterr().out
