@@ -212,6 +212,55 @@ async def settle_mined(
     )
 
 
+async def fail_mined(
+    connection: asyncpg.Connection, tx_hash: TxHash, *, block_number: int, error: str
+) -> None:
+    """Mark ``tx_hash`` failed: it reverted in ``block_number``."""
+    await connection.execute(
+        "UPDATE tx_attempts SET status = 'failed', error = $3, mined_block = $2 "
+        "WHERE tx_hash = $1",
+        _hash_bytes(tx_hash),
+        block_number,
+        error,
+    )
+
+
+async def failed_above(
+    connection: asyncpg.Connection, block_number: int
+) -> list[Attempt]:
+    """Return the attempts failed on a receipt of a block above ``block_number``."""
+    rows = await connection.fetch(
+        "SELECT * FROM tx_attempts WHERE status = 'failed' AND mined_block > $1 "
+        "ORDER BY id",
+        block_number,
+    )
+    return [Attempt.from_row(row) for row in rows]
+
+
+async def forget_block(connection: asyncpg.Connection, tx_hash: TxHash) -> None:
+    """Forget the block of a failed attempt whose receipt was reorged out."""
+    await connection.execute(
+        "UPDATE tx_attempts SET mined_block = NULL WHERE tx_hash = $1",
+        _hash_bytes(tx_hash),
+    )
+
+
+async def unfail(connection: asyncpg.Connection, attempt: Attempt) -> None:
+    """Undo a failure on a reorged-out receipt: the attempt and the ones it
+    replaced at its nonce are live again."""
+    await connection.execute(
+        """
+        UPDATE tx_attempts SET status = 'broadcast', mined_block = NULL
+         WHERE intent_id = $1 AND signer = $2 AND nonce = $3
+           AND (tx_hash = $4 OR status = 'replaced')
+        """,
+        attempt.intent_id,
+        attempt.signer,
+        attempt.nonce,
+        _hash_bytes(attempt.tx_hash),
+    )
+
+
 async def unsettle(connection: asyncpg.Connection, intent_id: bytes) -> None:
     """Undo :func:`settle_mined` after a reorg: every attempt is live again."""
     await connection.execute(

@@ -6,26 +6,34 @@ evidence. A missing receipt is never a failure: the transaction may be
 pending, dropped or reorged out, which is the submitter's to sort out. A
 reverted receipt fails its intent only once it is ``confirmations`` deep on
 the block the tailer holds as canonical at that height; a receipt from any
-other block is left to be checked again on a later round.
+other block is left to be checked again on a later round. A reorg deeper
+than ``confirmations`` that takes the reverted transaction away returns the
+intent to ``submitted`` and raises a critical alert, as it does for a
+confirmed mint.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from loguru import logger
 
 from haven import db, intents, token
 from haven.chain import ChainClient, from_hex
-from haven.daemon import attempts, blocks, transfers
+from haven.daemon import alerts_outbox, attempts, blocks, transfers
 from haven.daemon.attempts import Attempt
 from haven.daemon.confirmations import confirmed_through
 from haven.errors import RpcResponseError
 from haven.intents import FAILED, SUBMITTED
 
+if TYPE_CHECKING:
+    from loguru import Logger
+
 ALREADY_MINTED = "IntentAlreadyMinted"
+UNFAILED_RULE = "mint_unfailed_by_reorg"
+FAILED_RULE = "mint_reverted"
 
 
 async def check(
@@ -60,9 +68,71 @@ async def check(
         if not await _is_canonical(pool, client, receipt):
             continue
         reason = await _revert_reason(client, attempt, receipt)
+        block_number = from_hex(receipt["blockNumber"])
         async with db.transaction(pool) as connection:
-            failed += await _fail(connection, attempt, reason)
+            failed += await _fail(connection, attempt, reason, block_number)
     return failed
+
+
+async def unwind(
+    connection: asyncpg.Connection,
+    *,
+    fork_block: int,
+    old_tip: int,
+    confirmations: int,
+) -> int:
+    """Undo the failures whose reverted receipt lay above ``fork_block``.
+
+    Must run in the tailer's rollback transaction. The intent goes back to
+    ``submitted`` and its attempts at that nonce are live again, so the
+    submitter puts the transaction back and the receipt is judged anew at
+    depth. Raises a critical alert per intent: someone may already have
+    acted on the failure. Returns how many intents moved.
+    """
+    moved = 0
+    for attempt in await attempts.failed_above(connection, fork_block):
+        log = _bound(attempt)
+        intent = await intents.transition(
+            connection,
+            attempt.intent_id,
+            from_statuses=(FAILED,),
+            to_status=SUBMITTED,
+            reason=f"reverted mint reorged out above block {fork_block}",
+        )
+        if intent is None:
+            # Spared when it reverted, or retried since: nothing to undo.
+            await attempts.forget_block(connection, attempt.tx_hash)
+            log.debug("reverted attempt reorged out, intent left as it is")
+            continue
+        await attempts.unfail(connection, attempt)
+        await _alert_unfailed(connection, attempt, fork_block, old_tip, confirmations)
+        log.info("mint revert reorged out")
+        moved += 1
+    return moved
+
+
+async def _alert_unfailed(
+    connection: asyncpg.Connection,
+    attempt: Attempt,
+    fork_block: int,
+    old_tip: int,
+    confirmations: int,
+) -> None:
+    evidence = {
+        "intent_id": "0x" + attempt.intent_id.hex(),
+        "tx_hash": attempt.tx_hash,
+        "block_number": attempt.mined_block,
+        "fork_block": fork_block,
+        "reorg_depth": old_tip - fork_block,
+        "confirmations": confirmations,
+    }
+    await alerts_outbox.raise_alert(
+        connection,
+        UNFAILED_RULE,
+        "0x" + attempt.intent_id.hex(),
+        alerts_outbox.CRITICAL,
+        evidence,
+    )
 
 
 async def _is_canonical(
@@ -112,14 +182,20 @@ async def _revert_reason(
     return "reverted"
 
 
-async def _fail(connection: asyncpg.Connection, attempt: Attempt, reason: str) -> int:
-    log = logger.bind(
+def _bound(attempt: Attempt) -> Logger:
+    return logger.bind(
         intent_id="0x" + attempt.intent_id.hex(),
         tx_hash=attempt.tx_hash,
         nonce=attempt.nonce,
     )
-    await attempts.set_status(
-        connection, attempt.tx_hash, attempts.FAILED, error=reason
+
+
+async def _fail(
+    connection: asyncpg.Connection, attempt: Attempt, reason: str, block_number: int
+) -> int:
+    log = _bound(attempt)
+    await attempts.fail_mined(
+        connection, attempt.tx_hash, block_number=block_number, error=reason
     )
     for sibling in await attempts.at_nonce(connection, attempt.signer, attempt.nonce):
         if sibling.tx_hash != attempt.tx_hash and sibling.status in attempts.LIVE:
@@ -129,9 +205,6 @@ async def _fail(connection: asyncpg.Connection, attempt: Attempt, reason: str) -
     if spared is not None:
         log.warning("mint attempt reverted, intent left as it is", why=spared)
         return 0
-    # TODO: un-fail the intent when a reorg deeper than `confirmations` takes
-    # the reverted transaction away — until then it stays failed and only the
-    # reconciler can notice.
     moved = await intents.transition(
         connection,
         attempt.intent_id,
@@ -142,7 +215,21 @@ async def _fail(connection: asyncpg.Connection, attempt: Attempt, reason: str) -
     if moved is None:
         log.warning("reverted attempt of an intent not submitted", reason=reason)
         return 0
-    log.info("mint reverted", reason=reason)
+    await alerts_outbox.raise_alert(
+        connection,
+        FAILED_RULE,
+        "0x" + attempt.intent_id.hex(),
+        alerts_outbox.CRITICAL,
+        {
+            "intent_id": "0x" + attempt.intent_id.hex(),
+            "tx_hash": attempt.tx_hash,
+            "signer": attempt.signer,
+            "nonce": attempt.nonce,
+            "block_number": block_number,
+            "reason": reason,
+        },
+    )
+    log.error("mint reverted; intent failed", reason=reason)
     return 1
 
 

@@ -1,15 +1,16 @@
 """The daemon process: submitter, tailer, reconciler and metrics under one owner.
 
-``run`` opens PostgreSQL, Redis and the chain client, refuses to start on an
+``run`` opens PostgreSQL and the chain client, refuses to start on an
 outdated schema or the wrong chain, then runs every component as a task it
-owns. Several daemons may run against one database: each leased component
-is active in the one daemon holding its PostgreSQL lease
-(:mod:`haven.daemon.leases`); the others stand by and take over when that
-daemon dies. SIGTERM or SIGINT sets one stop event; components finish or safely
-abandon their current step and return; anything still running after the
-grace period is cancelled. Nothing half-written survives either path: every
-write that must finish once a transaction is broadcast is shielded by the
-component that makes it.
+owns. The daemon never talks to Redis: PostgreSQL holds every counter and
+lease it relies on, so a Redis outage cannot stop or confuse it. Several
+daemons may run against one database: each leased component is active in the
+one daemon holding its PostgreSQL lease (:mod:`haven.daemon.leases`); the
+others stand by and take over when that daemon dies. SIGTERM or SIGINT sets
+one stop event; components finish or safely abandon their current step and
+return; anything still running after the grace period is cancelled. Nothing
+half-written survives either path: every write that must finish once a
+transaction is broadcast is shielded by the component that makes it.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ async def run(
         loop.add_signal_handler(signum, stopping.set)
 
     pool = await db.create_pool(settings.database_url.reveal(), max_size=8)
-    chain = ChainClient(settings.rpc_url, chain_id=settings.chain_id)
+    chain = ChainClient(
+        settings.rpc_url, chain_id=settings.chain_id, timeout_s=settings.rpc_timeout_s
+    )
     try:
         await migrations.ensure_current(pool)
         await chain.verify_chain_id()

@@ -1,7 +1,9 @@
 """The chain tailer: every HNV event of the canonical chain, exactly once.
 
 One pipeline runs from the deployment block to the head; backfill and live
-following are the same loop with different batch sizes. Each round:
+following are the same loop with different batch sizes. Rounds follow
+one another at the poll interval; a ``newHeads`` socket, when configured,
+only starts the next round early. Each round:
 
 1. **choose** the endpoint to believe (the highest head that still moves);
 2. **check** that the checkpoint block is still the node's block at that
@@ -34,7 +36,7 @@ from typing import Any
 import asyncpg
 from loguru import logger
 
-from haven import db
+from haven import db, metrics
 from haven.chain import ChainClient
 from haven.daemon import (
     alerts_outbox,
@@ -42,6 +44,7 @@ from haven.daemon import (
     checkpoints,
     confirmations,
     logranges,
+    newheads,
     receipts,
     transfers,
 )
@@ -75,12 +78,12 @@ class CheckpointMovedError(ChainError):
 
 @dataclass(frozen=True)
 class TailerOptions:
-    """Knobs of the tailer that have no setting yet; tests tighten them."""
+    """Knobs of the tailer that operators never need to turn; tests tighten them.
+
+    Timeouts, the stall limit and the widest log range are settings.
+    """
 
     checkpoint_name: str = "hnv"
-    rpc_timeout_s: float = 10.0
-    head_stall_s: float = 60.0
-    log_range_max_blocks: int = 2000
     header_concurrency: int = 8
     max_backoff_s: float = 30.0
 
@@ -108,9 +111,6 @@ class Tailer:
         *,
         options: TailerOptions | None = None,
     ) -> None:
-        # TODO: read rpc_timeout_s, head_stall_s and log_range_max_blocks from
-        # Settings once those keys exist — until then production runs on the
-        # TailerOptions defaults.
         self._options = options or TailerOptions()
         self._pool = pool
         self._token = settings.require_token()
@@ -123,24 +123,31 @@ class Tailer:
         # it is a catastrophe that re-indexes from the start.
         self._window = 2 * settings.finality_depth
         self._poll_s = settings.poll_interval_ms / 1000
+        self._rpc_timeout_s = settings.rpc_timeout_s
+        # Set by new-head announcements, when a socket is configured: they
+        # start a round early, and the round polls as usual.
+        self._ws_url = settings.ws_url
+        self._wake = asyncio.Event()
         # ``chain`` is shared with the submitter and fails over on transport
         # errors only; the tailer must know which node said what, so it keeps
         # a client per configured endpoint instead and leaves ``chain`` alone.
         self._endpoints = Endpoints(
             settings.rpc_url,
             chain_id=settings.chain_id,
-            timeout_s=self._options.rpc_timeout_s,
-            stall_s=self._options.head_stall_s,
-            max_range_blocks=self._options.log_range_max_blocks,
+            timeout_s=settings.rpc_timeout_s,
+            stall_s=settings.head_stall_s,
+            max_range_blocks=settings.log_range_max_blocks,
         )
 
     # --- the loop ---------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Index until ``stopping`` is set; never raises for a passing fault."""
+        watcher = self._watch_heads(stopping)
         failures = 0
         try:
             while not stopping.is_set():
+                self._wake.clear()
                 try:
                     more = await self.step()
                     failures = 0
@@ -150,10 +157,43 @@ class Tailer:
                     self._log_failure(exc, self._delay_s(failures))
                 if more:
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self._delay_s(failures))
+                await self._pause(stopping, failures)
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             await self._endpoints.close()
+
+    def _watch_heads(self, stopping: asyncio.Event) -> asyncio.Task[None] | None:
+        if self._ws_url is None:
+            return None
+        watch = newheads.HeadWatch(
+            self._ws_url,
+            self._wake,
+            timeout_s=self._rpc_timeout_s,
+            max_backoff_s=self._options.max_backoff_s,
+        )
+        return asyncio.create_task(watch.run(stopping), name="tailer-newheads")
+
+    async def _pause(self, stopping: asyncio.Event, failures: int) -> None:
+        """Wait out the poll interval (or backoff), or less when woken or stopped.
+
+        A new-head announcement cuts the poll interval short, never a
+        backoff: a failing node is not asked again because a block came.
+        """
+        waits = [asyncio.ensure_future(stopping.wait())]
+        if failures == 0:
+            waits.append(asyncio.ensure_future(self._wake.wait()))
+        try:
+            await asyncio.wait(
+                waits,
+                timeout=self._delay_s(failures),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     def _delay_s(self, failures: int) -> float:
         if failures == 0:
@@ -294,6 +334,8 @@ class Tailer:
                 first = batch.last.number + 1
                 anchor = (batch.last.number, batch.last.hash)
         await self._write(checkpoint, batches, fork=fork)
+        metrics.REORGS.inc()
+        metrics.REORG_DEPTH.observe(depth)
 
     # --- reading ----------------------------------------------------------
 
@@ -463,6 +505,12 @@ class Tailer:
         await confirmations.unwind(
             connection,
             removed,
+            fork_block=fork,
+            old_tip=current.block_number,
+            confirmations=self._confirmations,
+        )
+        await receipts.unwind(
+            connection,
             fork_block=fork,
             old_tip=current.block_number,
             confirmations=self._confirmations,

@@ -106,6 +106,24 @@ def _int_range(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
+def _seconds(low: float, high: float) -> Callable[[Any], float]:
+    expected = f"a number of seconds from {low:g} to {high:g}"
+
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ValueError(expected)
+        try:
+            value = float(str(raw).strip()) if isinstance(raw, str) else float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(expected) from None
+        # NaN fails both comparisons, so it is refused here too.
+        if not low <= value <= high:
+            raise ValueError(expected)
+        return value
+
+    return parse
+
+
 def _wei(raw: Any) -> Wei:
     return Wei(_int_range(0, 2**256 - 1)(raw))
 
@@ -278,7 +296,7 @@ FIELDS: tuple[Field, ...] = (
         "redis_url",
         _url(("redis", "rediss", "unix")),
         "redis://127.0.0.1:6379/0",
-        "Redis URL for rate limits and the replay cache.",
+        "Redis URL of the listeners' rate limits (the daemon does not use Redis).",
     ),
     Field(
         "redis_prefix",
@@ -329,6 +347,30 @@ FIELDS: tuple[Field, ...] = (
         _int_range(10, 600_000),
         1000,
         "How often the daemon polls the chain head.",
+    ),
+    Field(
+        "rpc_timeout_s",
+        _seconds(0.1, 600),
+        10,
+        "Seconds the daemon waits for one JSON-RPC answer before giving up on it.",
+    ),
+    Field(
+        "head_stall_s",
+        _seconds(0.1, 86_400),
+        60,
+        "Seconds an endpoint's head may stand still while another's moves.",
+    ),
+    Field(
+        "log_range_max_blocks",
+        _int_range(1, 1_000_000),
+        2000,
+        "Widest eth_getLogs block range the tailer asks for; errors shrink it.",
+    ),
+    Field(
+        "ws_url",
+        _url(("ws", "wss")),
+        None,
+        "WebSocket endpoint whose newHeads wake the tailer; unset: poll only.",
     ),
     Field(
         "max_in_flight",
@@ -656,6 +698,10 @@ class Settings:
     confirmations: int
     finality_depth: int
     poll_interval_ms: int
+    rpc_timeout_s: float
+    head_stall_s: float
+    log_range_max_blocks: int
+    ws_url: str | None
     max_in_flight: int
     max_fee_wei: Wei
     gas_limit: int
@@ -836,6 +882,11 @@ def _cross_check(values: dict[str, Any]) -> list[str]:
         problems.append(
             f"HAVEN_LEASE_TTL_MS: got {values['lease_ttl_ms']}; expected at least "
             f"3 x HAVEN_LEASE_POLL_MS ({3 * values['lease_poll_ms']})"
+        )
+    if values["head_stall_s"] * 1000 < 2 * values["poll_interval_ms"]:
+        problems.append(
+            f"HAVEN_HEAD_STALL_S: got {values['head_stall_s']:g}; expected at "
+            f"least 2 x HAVEN_POLL_INTERVAL_MS ({2 * values['poll_interval_ms']} ms)"
         )
     if values["smtp_host"] and not values["smtp_to"]:
         problems.append(

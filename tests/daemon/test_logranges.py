@@ -14,7 +14,6 @@ from harness.tailkit import (
     Hnv,
     assert_index_matches_chain,
     deploy_hnv,
-    fast_options,
     one_block,
     running_tailer,
     submit_intent,
@@ -23,7 +22,12 @@ from harness.tailkit import (
 )
 from haven import db
 from haven.chain import RANGE_TOO_LARGE, classify
-from haven.daemon.logranges import LogRange, Suggestion, suggested_blocks
+from haven.daemon.logranges import (
+    FIRST_SPAN_BLOCKS,
+    LogRange,
+    Suggestion,
+    suggested_blocks,
+)
 
 pytestmark = pytest.mark.timeout(90)
 HNV = 10**18
@@ -105,6 +109,19 @@ def test_a_density_hint_is_not_taken_as_a_cap() -> None:
     assert span.size == 20
 
 
+def test_a_span_starts_short_and_is_fitted_to_the_logs_it_returns() -> None:
+    span = LogRange(2000, max_logs=1000)
+    assert span.size == FIRST_SPAN_BLOCKS
+
+    span.succeeded(span.size, elapsed_s=0.01, logs=5000)
+    assert span.size == FIRST_SPAN_BLOCKS // 5
+    # Doubling would pass the bound: the span holds.
+    span.succeeded(span.size, elapsed_s=0.01, logs=600)
+    assert span.size == FIRST_SPAN_BLOCKS // 5
+    span.succeeded(span.size, elapsed_s=0.01, logs=100)
+    assert span.size == 2 * FIRST_SPAN_BLOCKS // 5
+
+
 # --- against anvil through the proxy --------------------------------------------
 
 
@@ -171,10 +188,10 @@ async def test_a_block_range_cap_is_learned_from_each_provider_wording(
     async with running_proxy(anvil.url) as proxy:
         proxy.faults.range_cap = cap_blocks
         proxy.faults.range_wording = wording
-        config = tailer_settings(database_url, [proxy.url], hnv)
-        async with running_tailer(
-            config, pool, fast_options(log_range_max_blocks=5000)
-        ):
+        config = tailer_settings(
+            database_url, [proxy.url], hnv, log_range_max_blocks=5000
+        )
+        async with running_tailer(config, pool):
             await wait_settled(pool, anvil)
 
     await assert_index_matches_chain(pool, anvil, hnv)
@@ -211,10 +228,32 @@ async def test_a_range_that_times_out_after_forwarding_is_shrunk_until_it_answer
     async with running_proxy(anvil.url) as proxy:
         proxy.faults.slow_logs_over = 100
         proxy.faults.hang_s = 1.5
-        config = tailer_settings(database_url, [proxy.url], hnv)
-        options = fast_options(rpc_timeout_s=0.5)
-        async with running_tailer(config, pool, options):
+        config = tailer_settings(database_url, [proxy.url], hnv, rpc_timeout_s=0.5)
+        async with running_tailer(config, pool):
             await wait_settled(pool, anvil)
 
     await assert_index_matches_chain(pool, anvil, hnv)
     assert proxy.stats.served["hang"] >= 1
+    # Only HAVEN_RPC_TIMEOUT_S gives up on a slow answer: with the default
+    # each range would have answered late, once, and never been asked again.
+    asked: dict[int, list[int]] = {}
+    for first, span in proxy.stats.log_ranges:
+        asked.setdefault(first, []).append(span)
+    retried = [spans for spans in asked.values() if len(spans) > 1]
+    assert retried and all(spans[-1] < spans[0] for spans in retried)
+
+
+async def test_no_log_range_is_wider_than_the_configured_maximum(
+    anvil: AnvilNode, hnv: Hnv, pool: db.Pool, database_url: str
+) -> None:
+    await spread_history(pool, anvil, hnv)
+    async with running_proxy(anvil.url) as proxy:
+        config = tailer_settings(
+            database_url, [proxy.url], hnv, log_range_max_blocks=64
+        )
+        async with running_tailer(config, pool):
+            await wait_settled(pool, anvil)
+
+    await assert_index_matches_chain(pool, anvil, hnv)
+    assert max(proxy.stats.log_spans) == 64
+    assert proxy.stats.served["range_cap"] == 0

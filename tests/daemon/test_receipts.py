@@ -12,17 +12,21 @@ from harness.tailkit import (
     HOLDER_KEYS,
     HOLDERS,
     Hnv,
+    SignedTx,
     deploy_hnv,
+    rebroadcast,
     receipt,
+    reorg,
     running_tailer,
     status_of,
     submit_intent,
     tailer_settings,
     wait_for,
+    wait_settled,
 )
 from haven import db, intents
 from haven.chain import ChainClient
-from haven.daemon import attempts, blocks, receipts
+from haven.daemon import alerts_outbox, attempts, blocks, receipts
 from haven.daemon.blocks import Header
 from haven.types import IntentId
 
@@ -50,6 +54,13 @@ async def client(anvil: AnvilNode) -> AsyncIterator[ChainClient]:
 
 async def reverted_mint(pool: db.Pool, anvil: AnvilNode, hnv: Hnv) -> tuple[bytes, int]:
     """A mint signed by a key without MINTER_ROLE: mined, and reverted."""
+    intent_id, _, block = await reverted_mint_tx(pool, anvil, hnv)
+    return intent_id, block
+
+
+async def reverted_mint_tx(
+    pool: db.Pool, anvil: AnvilNode, hnv: Hnv
+) -> tuple[bytes, SignedTx, int]:
     intent_id, tx = await submit_intent(
         pool,
         anvil,
@@ -61,7 +72,7 @@ async def reverted_mint(pool: db.Pool, anvil: AnvilNode, hnv: Hnv) -> tuple[byte
         succeeds=False,
     )
     found = await receipt(anvil, tx.tx_hash)
-    return intent_id, int(found["blockNumber"], 16)
+    return intent_id, tx, int(found["blockNumber"], 16)
 
 
 async def test_a_reverted_mint_fails_its_intent_only_once_confirmations_deep(
@@ -72,6 +83,8 @@ async def test_a_reverted_mint_fails_its_intent_only_once_confirmations_deep(
     shallow = await receipts.check(pool, client, tip=block + 1, confirmations=3)
     assert shallow == 0
     assert await status_of(pool, intent_id) == intents.SUBMITTED
+    async with pool.acquire() as connection:
+        assert await alerts_outbox.find(connection, rule=receipts.FAILED_RULE) == []
 
     deep = await receipts.check(pool, client, tip=block + 2, confirmations=3)
     assert deep == 1
@@ -86,6 +99,14 @@ async def test_a_reverted_mint_fails_its_intent_only_once_confirmations_deep(
     assert [(a.status, a.error) for a in tries] == [
         (attempts.FAILED, "AccessControlUnauthorizedAccount")
     ]
+    async with pool.acquire() as connection:
+        (alert,) = await alerts_outbox.find(connection, rule=receipts.FAILED_RULE)
+    assert (alert.subject, alert.severity) == (
+        "0x" + intent_id.hex(),
+        alerts_outbox.CRITICAL,
+    )
+    assert alert.evidence["reason"] == "AccessControlUnauthorizedAccount"
+    assert alert.evidence["tx_hash"] == tries[0].tx_hash
 
 
 async def test_a_missing_receipt_is_not_a_failure(
@@ -190,3 +211,41 @@ async def test_a_reverted_attempt_does_not_fail_an_intent_another_attempt_may_mi
 
     assert await receipts.check(pool, client, tip=block + 5, confirmations=3) == 0
     assert await status_of(pool, intent_id) == intents.SUBMITTED
+
+
+async def test_a_reorg_that_takes_a_reverted_mint_away_unfails_its_intent(
+    anvil: AnvilNode, hnv: Hnv, pool: db.Pool, database_url: str
+) -> None:
+    config = tailer_settings(
+        database_url, [anvil.url], hnv, confirmations=2, finality_depth=8
+    )
+    async with running_tailer(config, pool):
+        intent_id, tx, block = await reverted_mint_tx(pool, anvil, hnv)
+        await anvil.mine(3)
+
+        async def failed() -> bool:
+            return await status_of(pool, intent_id) == intents.FAILED
+
+        await wait_for(failed, timeout_s=20, what="the intent to fail")
+        await wait_settled(pool, anvil)
+
+        # Deeper than the confirmations: the reverted transaction vanishes.
+        await reorg(anvil, await anvil.block_number() - block + 1)
+        await wait_settled(pool, anvil)
+        assert await status_of(pool, intent_id) == intents.SUBMITTED
+        async with pool.acquire() as connection:
+            tries = await attempts.for_intent(connection, intent_id)
+            alerts = await alerts_outbox.find(connection, rule=receipts.UNFAILED_RULE)
+        assert [(a.status, a.mined_block) for a in tries] == [
+            (attempts.BROADCAST, None)
+        ]
+        assert [(a.subject, a.severity) for a in alerts] == [
+            ("0x" + intent_id.hex(), alerts_outbox.CRITICAL)
+        ]
+
+        # The submitter's part: the same bytes go back, revert again, and
+        # fail the intent again once deep enough.
+        assert await rebroadcast(anvil, [tx]) == 1
+        await receipt(anvil, tx.tx_hash)
+        await anvil.mine(2)
+        await wait_for(failed, timeout_s=20, what="the intent to fail again")

@@ -36,7 +36,7 @@ from harness.tailkit import (
     wait_for,
     wait_settled,
 )
-from haven import db, intents, token
+from haven import db, intents, metrics, token
 from haven.daemon import alerts_outbox, attempts, confirmations
 from haven.types import IntentId, Wei, intent_id_hex
 
@@ -77,6 +77,11 @@ async def replacements_at_fork(
     return [(rogue, 0), (holder, depth - 1)]
 
 
+def metric(name: str) -> float:
+    """Read a sample of the process's event registry; 0 before the first event."""
+    return metrics.EVENTS.get_sample_value(name) or 0.0
+
+
 async def alerts_for(pool: db.Pool, rule: str) -> list[alerts_outbox.Alert]:
     async with pool.acquire() as connection:
         return await alerts_outbox.find(connection, rule=rule)
@@ -107,10 +112,14 @@ async def test_reorg_rolls_back_reindexes_and_sends_the_lost_mint_back(
         was = await status_of(pool, lost)
         assert was == (intents.CONFIRMED if depth >= CONFIRMATIONS else intents.MINED)
 
+        reorgs_before = metric("haven_reorgs_total")
+        depths_before = metric("haven_reorg_depth_blocks_sum")
         branch = await replacements_at_fork(anvil, hnv, mint_block - 1, depth, "r")
         await reorg(anvil, depth, branch)
         await wait_settled(pool, anvil)
         await assert_index_matches_chain(pool, anvil, hnv)
+        assert metric("haven_reorgs_total") == reorgs_before + 1
+        assert metric("haven_reorg_depth_blocks_sum") == depths_before + depth
         assert await status_of(pool, lost) == intents.SUBMITTED
         async with pool.acquire() as connection:
             tries = await attempts.for_intent(connection, lost)
@@ -124,7 +133,9 @@ async def test_reorg_rolls_back_reindexes_and_sends_the_lost_mint_back(
         else:
             assert unconfirmed == []
         deep = await alerts_for(pool, "reorg_beyond_finality")
-        assert len(deep) == (1 if depth >= FINALITY else 0)
+        assert [a.severity for a in deep] == (
+            [alerts_outbox.CRITICAL] if depth >= FINALITY else []
+        )
 
         # The submitter's part: the same bytes go back and settle again.
         assert await rebroadcast(anvil, [lost_tx]) == 1

@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import orjson
 import pytest
+from loguru import logger
 
 from harness.anvil import AnvilNode, running_anvil
 from harness.faultproxy import running_proxy
@@ -41,6 +45,7 @@ from haven.types import IntentId, Wei
 
 pytestmark = pytest.mark.timeout(90)
 HNV = 10**18
+SWITCHED = "rpc endpoint switched, reading from the next"
 
 
 @pytest.fixture
@@ -390,3 +395,111 @@ async def test_an_intent_submitted_after_its_mint_was_indexed_settles_on_that_mi
         assert await transfers.unsettled(connection) == []
     assert settled is not None
     assert settled.tx_hash == bytes.fromhex(minted.tx_hash[2:])
+
+
+@contextmanager
+def captured_logs() -> Iterator[list[dict[str, Any]]]:
+    """Collect the records logged inside the block, as loguru serialises them."""
+    lines: list[dict[str, Any]] = []
+    sink = logger.add(
+        lambda message: lines.append(orjson.loads(str(message))["record"]),
+        serialize=True,
+        level="DEBUG",
+    )
+    try:
+        yield lines
+    finally:
+        logger.remove(sink)
+
+
+def logged(lines: list[dict[str, Any]], message: str) -> int:
+    return sum(line["message"] == message for line in lines)
+
+
+def ws_of(url: str) -> str:
+    return url.replace("http://", "ws://", 1)
+
+
+async def test_a_new_head_over_websocket_wakes_the_tailer_before_the_poll_interval(
+    anvil: AnvilNode, hnv: Hnv, pool: db.Pool, database_url: str
+) -> None:
+    # Two minutes between polls: only the socket can make the tailer look
+    # again within the test's timeout.
+    config = tailer_settings(
+        database_url,
+        [anvil.url],
+        hnv,
+        poll_interval_ms=120_000,
+        head_stall_s=600,
+        ws_url=ws_of(anvil.url),
+    )
+    with captured_logs() as lines:
+        async with running_tailer(config, pool):
+
+            async def subscribed() -> bool:
+                return logged(lines, "newheads subscribed") >= 1
+
+            await wait_for(subscribed, timeout_s=20, what="the subscription")
+            await wait_settled(pool, anvil)
+            for tag in ("first", "second"):
+                await make_history(pool, anvil, hnv, tag)
+                await wait_settled(pool, anvil, timeout_s=20)
+
+    await assert_index_matches_chain(pool, anvil, hnv)
+
+
+async def test_a_dead_websocket_leaves_the_tailer_polling(
+    anvil: AnvilNode, hnv: Hnv, pool: db.Pool, database_url: str
+) -> None:
+    with captured_logs() as lines:
+        async with running_anvil() as doomed:
+            config = tailer_settings(
+                database_url, [anvil.url], hnv, ws_url=ws_of(doomed.url)
+            )
+            async with running_tailer(config, pool) as task:
+
+                async def subscribed() -> bool:
+                    return logged(lines, "newheads subscribed") >= 1
+
+                await wait_for(subscribed, timeout_s=20, what="the subscription")
+                doomed.process.terminate()
+                await asyncio.to_thread(doomed.process.wait, 10)
+
+                async def lost() -> bool:
+                    message = "newheads socket lost, polling alone until it is back"
+                    return logged(lines, message) >= 1
+
+                await wait_for(lost, timeout_s=20, what="the socket to be lost")
+                await make_history(pool, anvil, hnv, "polled")
+                await wait_settled(pool, anvil)
+                assert not task.done()
+
+    await assert_index_matches_chain(pool, anvil, hnv)
+
+
+async def test_an_endpoint_whose_head_stands_still_is_left_after_the_stall_limit(
+    anvil: AnvilNode, hnv: Hnv, pool: db.Pool, database_url: str
+) -> None:
+    await anvil.mine(200)
+    async with running_proxy(anvil.url) as frozen, running_proxy(anvil.url) as behind:
+        # Far behind, but moving: once the other head stands still for
+        # HAVEN_HEAD_STALL_S it is believed, lower head and all.
+        behind.faults.lag_blocks = 150
+        config = tailer_settings(
+            database_url, [frozen.url, behind.url], hnv, head_stall_s=1.0
+        )
+        with captured_logs() as lines:
+            async with running_tailer(config, pool) as task:
+                await wait_settled(pool, anvil)
+                frozen.faults.frozen_head = await anvil.block_number()
+
+                async def switched_for_stall() -> bool:
+                    await anvil.mine(1)
+                    return any(
+                        line["message"] == SWITCHED
+                        and line["extra"].get("reason") == "head stalled"
+                        for line in lines
+                    )
+
+                await wait_for(switched_for_stall, timeout_s=30, what="a switch")
+                assert not task.done()

@@ -118,11 +118,10 @@ async def scenario(
             hnv,
             confirmations=CONFIRMATIONS,
             finality_depth=FINALITY,
+            rpc_timeout_s=0.5,
+            log_range_max_blocks=rng.choice([8, 64, 2000]),
         )
-        options = fast_options(
-            rpc_timeout_s=0.5, log_range_max_blocks=rng.choice([8, 64, 2000])
-        )
-        tailer = TailerTask(config, pool, options)
+        tailer = TailerTask(config, pool, fast_options())
         tailer.start()
         for step in range(STEPS):
             action = rng.choices(ACTIONS, weights=[w for _, w in ACTIONS])[0][0]

@@ -76,6 +76,8 @@ class Stats:
     calls: Counter[str] = field(default_factory=Counter)
     served: Counter[str] = field(default_factory=Counter)
     log_spans: list[int] = field(default_factory=list)
+    # (first block, span) of every range forwarded, in call order.
+    log_ranges: list[tuple[int, int]] = field(default_factory=list)
 
 
 class FaultProxy:
@@ -221,6 +223,7 @@ class FaultProxy:
             self.stats.served["empty"] += 1
             return _ok([]), False
         self.stats.log_spans.append(span)
+        self.stats.log_ranges.append((first, span))
         slow = faults.slow_logs_over is not None and span > faults.slow_logs_over
         return answer, slow
 

@@ -406,7 +406,12 @@ def tailer_settings(
     confirmations: int = 3,
     finality_depth: int = 8,
     poll_interval_ms: int = 50,
+    rpc_timeout_s: float = 1.0,
+    head_stall_s: float = 2.0,
+    log_range_max_blocks: int = 2000,
+    ws_url: str | None = None,
 ) -> Settings:
+    """Settings of a tailer that fails fast: short timeouts and stall limit."""
     return settings.load(
         {},
         overrides={
@@ -418,14 +423,18 @@ def tailer_settings(
             "confirmations": confirmations,
             "finality_depth": finality_depth,
             "poll_interval_ms": poll_interval_ms,
+            "rpc_timeout_s": rpc_timeout_s,
+            "head_stall_s": head_stall_s,
+            "log_range_max_blocks": log_range_max_blocks,
+            "ws_url": ws_url,
         },
         require=("database_url", "rpc_url", "chain_id"),
     )
 
 
 def fast_options(**changes: Any) -> TailerOptions:
-    """Options that fail fast: short timeouts, stall and backoff."""
-    fast = TailerOptions(rpc_timeout_s=1.0, head_stall_s=2.0, max_backoff_s=0.5)
+    """Options that fail fast: a short backoff."""
+    fast = TailerOptions(max_backoff_s=0.5)
     return replace(fast, **changes)
 
 
@@ -492,6 +501,10 @@ def spawn_tailer(config: Settings, options: TailerOptions) -> subprocess.Popen[b
         "confirmations": config.confirmations,
         "finality_depth": config.finality_depth,
         "poll_interval_ms": config.poll_interval_ms,
+        "rpc_timeout_s": config.rpc_timeout_s,
+        "head_stall_s": config.head_stall_s,
+        "log_range_max_blocks": config.log_range_max_blocks,
+        "ws_url": config.ws_url,
         "options": asdict(options),
     }
     env = dict(
