@@ -56,12 +56,16 @@ def state(block_number: int, tip: int, *, confirmations: int, finality: int) -> 
     return SEEN
 
 
-def _bound(mint: RewardMinted) -> Logger:
-    return logger.bind(
+def _bound(mint: RewardMinted, intent: Intent | None = None) -> Logger:
+    """A logger for ``mint``, carrying its intent's partner request id if known."""
+    log = logger.bind(
         intent_id=intent_id_hex(mint.intent_id),
         tx_hash="0x" + mint.position.tx_hash.hex(),
         block_number=mint.position.block_number,
     )
+    if intent is not None and intent.request_id:
+        log = log.bind(request_id=intent.request_id)
+    return log
 
 
 async def record_mint(connection: asyncpg.Connection, mint: RewardMinted) -> bool:
@@ -72,11 +76,12 @@ async def record_mint(connection: asyncpg.Connection, mint: RewardMinted) -> boo
     is tried again every round (:func:`settle_stragglers`), and the
     reconciler reports it if it never settles.
     """
-    log = _bound(mint)
     intent = await intents.get(connection, mint.intent_id, for_update=True)
     problem = await _unsettleable(connection, intent, mint)
     if problem is not None:
-        log.warning("mint indexed without settling an intent", problem=problem)
+        _bound(mint, intent).warning(
+            "mint indexed without settling an intent", problem=problem
+        )
         return False
     assert intent is not None
     await _settle(connection, intent, mint)
@@ -105,7 +110,7 @@ async def settle_stragglers(
             await intents.transition(
                 connection, intent.id, from_statuses=(MINED,), to_status=CONFIRMED
             )
-            _bound(mint).info("mint confirmed")
+            _bound(mint, intent).info("mint confirmed")
         settled += 1
     return settled
 
@@ -130,7 +135,7 @@ async def _settle(
         block_number=position.block_number,
     )
     await transfers.mark_settled(connection, mint)
-    _bound(mint).info("mint mined")
+    _bound(mint, intent).info("mint mined")
 
 
 async def _unsettleable(
@@ -171,7 +176,7 @@ async def promote(connection: asyncpg.Connection, *, after: int, through: int) -
         await intents.transition(
             connection, intent.id, from_statuses=(MINED,), to_status=CONFIRMED
         )
-        _bound(mint).info("mint confirmed")
+        _bound(mint, intent).info("mint confirmed")
         promoted += 1
     return promoted
 
@@ -208,10 +213,10 @@ async def unwind(
             block_hash=None,
         )
         await attempts.unsettle(connection, intent.id)
-        _bound(mint).info("mint reorged out", previous_status=intent.status)
+        _bound(mint, intent).info("mint reorged out", previous_status=intent.status)
         if intent.status == CONFIRMED:
             await _alert_unconfirmed(
-                connection, mint, fork_block, old_tip, confirmations
+                connection, mint, intent, fork_block, old_tip, confirmations
             )
         moved += 1
     return moved
@@ -220,6 +225,7 @@ async def unwind(
 async def _alert_unconfirmed(
     connection: asyncpg.Connection,
     mint: RewardMinted,
+    intent: Intent,
     fork_block: int,
     old_tip: int,
     confirmations: int,
@@ -240,7 +246,7 @@ async def _alert_unconfirmed(
         alerts_outbox.CRITICAL,
         evidence,
     )
-    _bound(mint).error(
+    _bound(mint, intent).error(
         "confirmed mint reorged out; check the chain and the partner payout",
         fork_block=fork_block,
     )

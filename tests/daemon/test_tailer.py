@@ -29,6 +29,7 @@ from harness.tailkit import (
     checkpoint,
     deploy_hnv,
     fast_options,
+    rebroadcast,
     running_tailer,
     send,
     spawn_tailer,
@@ -135,6 +136,39 @@ async def test_a_mint_is_confirmed_only_at_the_configured_depth(
     async with pool.acquire() as connection:
         tries = await attempts.for_intent(connection, intent_id)
     assert [a.status for a in tries] == [attempts.MINED]
+
+
+async def test_settling_a_mint_logs_the_request_id_of_its_webhook(
+    anvil: AnvilNode, hnv: Hnv, pool: db.Pool, database_url: str
+) -> None:
+    config = tailer_settings(database_url, [anvil.url], hnv, confirmations=2)
+    with captured_logs() as lines:
+        async with running_tailer(config, pool):
+            intent_id, tx = await submit_intent(
+                pool,
+                anvil,
+                hnv,
+                source_key="traced",
+                wallet=HOLDERS[0],
+                amount_wei=HNV,
+                send=False,
+            )
+            async with pool.acquire() as connection:
+                await connection.execute(
+                    "UPDATE intents SET request_id = 'req-traced' WHERE id = $1",
+                    intent_id,
+                )
+            assert await rebroadcast(anvil, [tx]) == 1
+            await anvil.mine(2)
+            await wait_settled(pool, anvil)
+            assert await status_of(pool, intent_id) == intents.CONFIRMED
+
+    settled = {
+        line["message"]: line["extra"].get("request_id")
+        for line in lines
+        if line["extra"].get("intent_id") == "0x" + intent_id.hex()
+    }
+    assert settled["mint mined"] == settled["mint confirmed"] == "req-traced"
 
 
 async def test_a_mint_that_differs_from_its_intent_is_indexed_but_settles_nothing(
