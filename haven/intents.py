@@ -119,21 +119,28 @@ async def create(
 
     Return the intent and whether it is new.
 
-    Idempotent: a second call with the same key returns the stored intent
-    untouched. Must run inside the caller's transaction.
+    Idempotent, also under concurrency: a second call with the same key,
+    in this or a concurrent transaction, returns the stored intent untouched
+    (waiting for a concurrent creator to commit). Must run inside the
+    caller's transaction.
     """
     if status not in (HELD, READY, APPROVAL):
         raise ValueError(
             f"a new intent must be held, ready or approval, not {status!r}"
         )
     intent_id = derive_id(partner, kind, source_key)
+    # No conflict target: the id is the hash of the business key, so a
+    # concurrent twin collides on the primary key and the business key
+    # together, and PostgreSQL absorbs only the target's conflict; the other
+    # index would raise. A new row has no signer, so (signer, nonce) cannot
+    # conflict, and any conflict left means the same intent.
     row = await connection.fetchrow(
         """
         INSERT INTO intents (id, partner, kind, source_key, wallet, amount_wei,
                              rule_version, status, status_reason, request_id, ready_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                 CASE WHEN $8 = 'ready' THEN now() END)
-        ON CONFLICT (partner, kind, source_key) DO NOTHING
+        ON CONFLICT DO NOTHING
         RETURNING *
         """,
         intent_id,

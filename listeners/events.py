@@ -11,10 +11,11 @@ us about is not an error: it is stored and parked for operators.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -30,6 +31,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _DIGITS = re.compile(r"[0-9]{1,78}")
 MAX_DEPTH = 32
+# Python's own bound on converting digits to an int (and back, which the
+# canonical form of a body does); an amount in wei needs at most 78.
+MAX_INTEGER_DIGITS = 4300
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
@@ -129,8 +133,10 @@ def parse_body(body: bytes) -> dict[str, Any]:
     """Parse a UTF-8 JSON object; raise a 400 Rejection if it is not one.
 
     Integers keep every digit (amounts in wei exceed 64 bits). Duplicate
-    keys, NaN and Infinity are refused: readers disagree about them. So is
-    nesting deeper than :data:`MAX_DEPTH`, before the recursive parser sees it.
+    keys, NaN and Infinity are refused: readers disagree about them. So are
+    integers of more than :data:`MAX_INTEGER_DIGITS` digits, numbers too
+    large for a float, and nesting deeper than :data:`MAX_DEPTH` (checked
+    before the recursive parser sees it).
     """
     if _nests_deeper_than(body, MAX_DEPTH):
         raise Rejection(
@@ -142,7 +148,11 @@ def parse_body(body: bytes) -> dict[str, Any]:
             text,
             object_pairs_hook=_unique_keys,
             parse_constant=_refuse_constant,
+            parse_int=_integer,
+            parse_float=_finite_float,
         )
+    except _NumberTooLargeError as exc:
+        raise Rejection(400, "malformed_json", str(exc)) from exc
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise Rejection(
             400, "malformed_json", f"the body is not valid UTF-8 JSON: {_brief(exc)}"
@@ -188,6 +198,29 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+class _NumberTooLargeError(ValueError):
+    """A JSON number beyond what the body may hold; its message is for the sender."""
+
+
+def _integer(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INTEGER_DIGITS:
+        raise _NumberTooLargeError(
+            f"an integer of the body has {digits} digits; "
+            f"at most {MAX_INTEGER_DIGITS} digits are accepted"
+        )
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (math.inf, -math.inf):
+        raise _NumberTooLargeError(
+            "a number of the body is beyond the range of a float (about 1.8e308)"
+        )
+    return number
 
 
 def _brief(exc: BaseException) -> str:
@@ -390,9 +423,15 @@ def read(partner: str, payload: dict[str, Any]) -> Event:
     data_reader = Reader(payload.get("data"), "data", problems)
     data = schema(data_reader) if schema is not None else None
 
-    text_problems = _text_problems(payload, "$")
-    if problems or text_problems:
-        raise InvalidEventError(problems + text_problems)
+    # A field the schema already refused (a NUL is a control character to
+    # it) is reported once, with the schema's message.
+    refused = {problem["path"] for problem in problems}
+    for problem in _text_problems(payload, "$"):
+        if problem["path"] not in refused:
+            refused.add(problem["path"])
+            problems.append(problem)
+    if problems:
+        raise InvalidEventError(problems)
     assert occurred_at is not None
     return Event(partner, event_type, occurred_at, data, payload)
 
@@ -411,7 +450,17 @@ def _timestamp(envelope: Reader) -> datetime | None:
             "expected an RFC 3339 time with offset, e.g. 2026-12-01T10:00:00Z",
         )
         return None
-    return moment
+    # An offset can push a time at the edge of the calendar past it
+    # (0001-01-01T00:00:00+14:00 is before year 1 in UTC), where neither
+    # Python nor the database driver can convert it.
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        envelope.fail(
+            "timestamp",
+            "expected a time from 0001-01-01 to 9999-12-31 in UTC",
+        )
+        return None
 
 
 def _text_problems(value: Any, path: str) -> list[FieldProblem]:

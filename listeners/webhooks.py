@@ -30,7 +30,9 @@ from haven.listeners.rules import RuleBook
 from haven.listeners.signatures import SignedHeaders, Verifier
 
 MAX_BODY_BYTES = 64 * 1024
-PATH = "/webhooks/{partner}"
+# Every path under /webhooks/ reaches the handler, so that ``/webhooks/`` and
+# ``/webhooks/tribe/`` are answered unknown_partner and logged like any other.
+PATH = "/webhooks/{partner:.*}"
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,13 @@ async def receive(request: web.Request) -> web.Response:
         answer = await _process(request, receiver, attempt)
     except Rejection as exc:
         answer = exc.to_answer()
+    except Exception as exc:
+        # The app's error boundary logs the traceback and answers 500; the
+        # attempt is logged here all the same, as every request is.
+        await _record(receiver, attempt, _unexpected(exc))
+        raise
 
-    await attempts.record(receiver.pool, attempt, answer)
-    metrics.count_webhook(attempt.partner, answer.outcome, answer.status_code)
+    await _record(receiver, attempt, answer)
     if answer.status_code >= 400:
         logger.bind(
             partner=attempt.partner,
@@ -76,6 +82,19 @@ async def receive(request: web.Request) -> web.Response:
             outcome=answer.outcome,
         ).info("webhook refused")
     return answer.to_response()
+
+
+async def _record(receiver: Receiver, attempt: Attempt, answer: Answer) -> None:
+    await attempts.record(receiver.pool, attempt, answer)
+    metrics.count_webhook(attempt.partner, answer.outcome, answer.status_code)
+
+
+def _unexpected(exc: Exception) -> Answer:
+    return Rejection(
+        500,
+        "internal_error",
+        f"unexpected {type(exc).__name__}; the traceback is in the listener log",
+    ).to_answer()
 
 
 async def _process(

@@ -90,3 +90,29 @@ async def test_no_secret_or_signature_reaches_the_database_or_the_logs(
         assert secret.removeprefix("whsec_") not in everything
     for signature in sent_signatures:
         assert signature not in everything
+
+
+async def test_a_request_that_fails_unexpectedly_is_logged_as_a_500(partner, conn):
+    # A fault on the server's side, not in the request: storing the event fails.
+    await conn.execute(
+        """
+        CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'partner_events is read-only in this test'; END $$;
+        CREATE TRIGGER refuse_events BEFORE INSERT ON partner_events
+        FOR EACH ROW EXECUTE FUNCTION refuse_events();
+        """
+    )
+    body = partner.envelope("booking.confirmed", partner.booking("AUR-AT500"))
+
+    reply = await partner.send("aurora", body, delivery_id="msg_500")
+
+    assert (reply.status, reply.error_code) == (500, "internal_error")
+    row = await conn.fetchrow(
+        "SELECT partner, delivery_id, status_code, outcome, reason, request_id "
+        "FROM webhook_attempts"
+    )
+    assert (row["partner"], row["delivery_id"]) == ("aurora", "msg_500")
+    assert (row["status_code"], row["outcome"]) == (500, "internal_error")
+    assert row["reason"].startswith("unexpected RaiseError")
+    assert row["request_id"] == reply.headers["X-Request-Id"]
+    assert await conn.fetchval("SELECT count(*) FROM intents") == 0

@@ -6,7 +6,9 @@ import asyncio
 
 import asyncpg
 
+from haven import intents
 from haven.listeners import deliveries
+from haven.types import Wei, checksum
 
 
 def confirmed(partner, booking_id: str) -> dict:
@@ -210,3 +212,52 @@ async def test_deliveries_are_unique_per_partner_not_globally(partner, conn):
     assert tribe.body["outcome"] == "intent_created"
     rows: list[asyncpg.Record] = await conn.fetch("SELECT * FROM webhook_deliveries")
     assert len(rows) == 2
+
+
+async def test_concurrent_creations_of_one_intent_all_succeed(database_url, conn):
+    # Every round starts one transaction per connection and releases their
+    # inserts of the same business key together, so two of them often pass
+    # PostgreSQL's conflict pre-check before either row is indexed.
+    rounds, racers = 30, 12
+    connections = [await asyncpg.connect(database_url) for _ in range(racers)]
+    try:
+        for round_number in range(rounds):
+            results = await _race_creations(connections, f"AUR-R{round_number}")
+            assert sorted(created for _, created in results) == [False] * (
+                racers - 1
+            ) + [True]
+            assert len({intent.id for intent, _ in results}) == 1
+    finally:
+        for connection in connections:
+            await connection.close()
+
+    assert await conn.fetchval("SELECT count(*) FROM intents") == rounds
+    assert await conn.fetchval("SELECT count(*) FROM intent_events") == rounds
+
+
+async def _race_creations(
+    connections: list[asyncpg.Connection], booking_id: str
+) -> list[tuple[intents.Intent, bool]]:
+    started = 0
+    go = asyncio.Event()
+
+    async def create(connection: asyncpg.Connection) -> tuple[intents.Intent, bool]:
+        nonlocal started
+        async with connection.transaction():
+            await connection.execute("SELECT 1")
+            started += 1
+            if started == len(connections):
+                go.set()
+            await go.wait()
+            return await intents.create(
+                connection,
+                partner="aurora",
+                kind="booking",
+                source_key=booking_id,
+                wallet=checksum("0x70997970C51812dc3A010C7d01b50e0d17dc79C8"),
+                amount_wei=Wei(10**18),
+                rule_version="test",
+                status=intents.READY,
+            )
+
+    return await asyncio.gather(*(create(c) for c in connections))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 
 from haven.listeners import events
@@ -44,6 +46,39 @@ def test_integers_keep_every_digit():
     document = events.parse_body(b'{"amount_wei": 123456789012345678901234567890}')
 
     assert document["amount_wei"] == 123456789012345678901234567890
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"amount_wei": ' + b"9" * 5001 + b"}", b'{"n": -' + b"1" * 4301 + b"}"],
+    ids=["5001-digits", "minus-4301-digits"],
+)
+def test_an_integer_of_more_than_4300_digits_is_refused_with_a_plain_message(body):
+    with pytest.raises(Rejection) as refused:
+        events.parse_body(body)
+
+    assert (refused.value.status_code, refused.value.code) == (400, "malformed_json")
+    assert "digits" in refused.value.message
+    assert "sys." not in refused.value.message
+
+
+def test_an_integer_of_4300_digits_keeps_every_digit():
+    document = events.parse_body(b'{"n": ' + b"7" * 4300 + b"}")
+
+    assert document["n"] == int("7" * 4300)
+
+
+@pytest.mark.parametrize(
+    "number",
+    [b"1e999", b"-1e999", b"1" * 400 + b".0"],
+    ids=["exponent", "negative-exponent", "400-digit-decimal"],
+)
+def test_a_number_beyond_a_float_is_refused_not_read_as_infinity(number):
+    with pytest.raises(Rejection) as refused:
+        events.parse_body(b'{"x": ' + number + b"}")
+
+    assert refused.value.code == "malformed_json"
+    assert "range of a float" in refused.value.message
 
 
 def test_the_envelope_needs_a_type_a_timestamp_with_offset_and_a_data_object():
@@ -115,6 +150,45 @@ def test_nul_characters_anywhere_are_refused_with_their_path():
     found = problems("aurora", payload)
 
     assert found == [("data.notes[1]", "must not contain NUL or lone surrogates")]
+
+
+def test_a_nul_in_an_id_is_reported_once():
+    data = {"member_id": "M\u00001", "wallet": WALLET, "session_id": "S"}
+
+    found = problems("tribe", envelope("coaching.completed", data))
+
+    assert found == [("data.member_id", "must not contain control characters")]
+
+
+def test_a_nul_in_a_key_and_its_value_is_reported_once():
+    found = problems("aurora", envelope("booking.modified", {"k\u0000": "v\u0000"}))
+
+    assert found == [("data.k\u0000", "must not contain NUL or lone surrogates")]
+
+
+@pytest.mark.parametrize(
+    "timestamp", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-05:00"]
+)
+def test_a_timestamp_past_the_calendar_in_utc_is_refused_on_its_field(timestamp):
+    payload = {**envelope("x.y", {}), "timestamp": timestamp}
+
+    found = problems("tribe", payload)
+
+    assert found == [
+        ("timestamp", "expected a time from 0001-01-01 to 9999-12-31 in UTC")
+    ]
+
+
+@pytest.mark.parametrize(
+    "timestamp", ["0001-01-01T00:00:00-14:00", "9999-12-31T23:59:59+05:00"]
+)
+def test_a_timestamp_at_the_calendar_edge_is_read_in_utc(timestamp):
+    payload = {**envelope("x.y", {}), "timestamp": timestamp}
+
+    event = events.read("tribe", payload)
+
+    assert event.occurred_at == datetime.fromisoformat(timestamp)
+    assert event.occurred_at.utcoffset() == timedelta(0)
 
 
 def test_lone_surrogates_are_refused():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 
 from haven import intents
@@ -175,3 +177,90 @@ async def test_error_bodies_share_one_shape(partner):
     assert set(reply.body) == {"error"}
     assert set(reply.body["error"]) == {"code", "message"}
     assert reply.headers["Content-Type"].startswith("application/json")
+
+
+async def test_paths_under_webhooks_without_a_partner_are_answered_unknown_partner(
+    partner, conn
+):
+    for path in ("/webhooks/", "/webhooks/tribe/", "/webhooks/tribe/events"):
+        reply = await partner.send("tribe", b"{}", path=path)
+
+        assert (reply.status, reply.error_code) == (404, "unknown_partner"), path
+        assert "X-Request-Id" in reply.headers
+
+    outcomes = await conn.fetch("SELECT partner, outcome FROM webhook_attempts")
+    assert [tuple(row) for row in outcomes] == [("(unreadable)", "unknown_partner")] * 3
+
+
+async def test_a_timestamp_past_the_calendar_in_utc_is_answered_422(partner, conn):
+    for timestamp in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-05:00"):
+        body = partner.envelope(
+            "booking.confirmed", partner.booking("AUR-TS1"), timestamp=timestamp
+        )
+
+        reply = await partner.send("aurora", body)
+
+        assert reply.status == 422
+        assert [f["path"] for f in reply.body["error"]["fields"]] == ["timestamp"]
+
+    statuses = await conn.fetch("SELECT status_code FROM webhook_attempts")
+    assert [row["status_code"] for row in statuses] == [422, 422]
+    assert await conn.fetchval("SELECT count(*) FROM partner_events") == 0
+
+
+async def test_a_timestamp_at_the_calendar_edge_is_stored(partner, conn):
+    for number, timestamp in enumerate(
+        ("0001-01-01T00:00:00-14:00", "9999-12-31T23:59:59+05:00")
+    ):
+        data = partner.booking(f"AUR-TS{number}")
+        body = partner.envelope("booking.confirmed", data, timestamp=timestamp)
+
+        reply = await partner.send("aurora", body)
+
+        assert reply.status == 202
+    stored = await conn.fetch("SELECT occurred_at FROM partner_events ORDER BY id")
+    assert [row["occurred_at"].year for row in stored] == [1, 9999]
+
+
+async def test_a_huge_integer_is_answered_400_without_interpreter_hints(partner):
+    data = {"member_id": "M-1", "wallet": partner.WALLET, "stake_id": "ST-1"}
+    body = json.dumps(
+        partner.envelope("staking.changed", {**data, "action": "stake"})
+    ).replace("}}", ', "amount_wei": ' + "9" * 5001 + "}}")
+
+    reply = await partner.send("tribe", body)
+
+    assert (reply.status, reply.error_code) == (400, "malformed_json")
+    message = reply.body["error"]["message"]
+    assert message == (
+        "an integer of the body has 5001 digits; at most 4300 digits are accepted"
+    )
+    assert "set_int_max_str_digits" not in message
+
+
+async def test_a_nul_in_a_booking_id_is_reported_once(partner):
+    data = partner.booking("AUR-\u0000-1")
+
+    reply = await partner.send("aurora", partner.envelope("booking.confirmed", data))
+
+    assert reply.status == 422
+    assert reply.body["error"]["fields"] == [
+        {"path": "data.booking_id", "message": "must not contain control characters"}
+    ]
+
+
+async def test_headers_up_to_8190_bytes_get_json_answers_and_longer_ones_do_not(
+    partner,
+):
+    # Documented in docs/webhooks.md: the HTTP server refuses longer header
+    # values before the application sees the request.
+    body = partner.envelope("booking.confirmed", partner.booking("AUR-HDR"))
+    signature_limit = {"webhook-signature": "v1," + "A" * (8190 - 3)}
+    over_limit = {"webhook-signature": "v1," + "A" * (8191 - 3)}
+
+    within = await partner.send("aurora", body, headers=signature_limit)
+    beyond = await partner.send("aurora", body, headers=over_limit)
+
+    assert (within.status, within.error_code) == (401, "invalid_signature")
+    assert beyond.status == 400
+    assert beyond.error_code is None
