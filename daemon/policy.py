@@ -107,11 +107,11 @@ class Policy:
             return None
         amount = intent.amount_wei
         if amount > self.caps.per_intent_wei:
-            return _over("per-intent", amount, self.caps.per_intent_wei)
+            return _over_intent_cap(amount, self.caps.per_intent_wei)
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
         partner_spent = await _spent(conn, intent.partner)
         if partner_spent + amount > self.caps.partner_daily_wei:
-            return _over(
+            return _over_daily_cap(
                 f"{intent.partner} daily",
                 amount,
                 self.caps.partner_daily_wei,
@@ -119,7 +119,7 @@ class Policy:
             )
         total_spent = await _spent(conn, None)
         if total_spent + amount > self.caps.global_daily_wei:
-            return _over(
+            return _over_daily_cap(
                 "global daily", amount, self.caps.global_daily_wei, total_spent
             )
         return None
@@ -135,10 +135,19 @@ class Policy:
         )
 
 
-def _over(cap: str, amount: int, limit: int, spent: int = 0) -> str:
+def _over_intent_cap(amount: int, limit: int) -> str:
+    # The per-intent cap looks at this intent alone: what else was signed
+    # lately has no part in it, so the reason does not mention it.
+    return (
+        f"{format_hnv(amount)} HNV is over the per-intent cap of "
+        f"{format_hnv(limit)} HNV"
+    )
+
+
+def _over_daily_cap(cap: str, amount: int, limit: int, spent: int) -> str:
     return (
         f"{format_hnv(amount)} HNV over the {cap} cap of {format_hnv(limit)} HNV "
-        f"({format_hnv(spent)} HNV already signed in the last 24 hours)"
+        f"({format_hnv(spent)} HNV already signed in the last {WINDOW})"
     )
 
 

@@ -33,11 +33,18 @@ def _load(require: Collection[str] | None = None) -> settings.Settings:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from haven.listeners import rules
+
     loaded = _load()
+    # The listener and the daemon refuse to start on a bad rules file, so a
+    # check that passes must have read it too.
+    book = rules.load(loaded.reward_rules)
     width = max(len(name) for name, _ in loaded.describe())
     print(f"# effective settings (from {loaded.source})")
     for name, shown in loaded.describe():
         print(f"{name.ljust(width)}  {shown}")
+    where = loaded.reward_rules or rules.DEFAULT_PATH
+    print(f"# reward rules: {where} (version {book.version})")
     return 0
 
 

@@ -11,6 +11,7 @@ the expectation. Secrets are wrapped in :class:`Secret` and masked in every
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
@@ -51,14 +52,22 @@ class Secret(Generic[T]):
         return hash(self._value)
 
 
+# Whatever sits between "scheme://user:" and the last "@": the password of
+# a URL too malformed for urlsplit to take apart.
+_RAW_PASSWORD = re.compile(r"(://[^:/@]*):.*@")
+
+
 def mask_dsn(dsn: str) -> str:
-    """Return ``dsn`` with any password replaced by asterisks."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
+    """Return ``dsn`` with any password replaced by asterisks, even if malformed."""
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:
+        return _RAW_PASSWORD.sub(r"\1:********@", dsn, count=1)
+    if password is None:
         return dsn
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    # The netloc's own host part keeps IPv6 brackets and the port as written.
+    host = parts.netloc.rpartition("@")[2]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:********@{host}"))
 
@@ -74,10 +83,28 @@ def _text(raw: Any) -> str:
 
 
 def _url(schemes: tuple[str, ...]) -> Callable[[Any], str]:
+    starts = f"a URL starting with {' or '.join(schemes)}://"
+    # PostgreSQL and Redis may name a Unix socket instead of a host.
+    host_optional = bool({"postgresql", "postgres", "unix"} & set(schemes))
+
     def parse(raw: Any) -> str:
         text = _text(raw)
-        if urlsplit(text).scheme not in schemes:
-            raise ValueError(f"a URL starting with {' or '.join(schemes)}://")
+        try:
+            parts = urlsplit(text)
+        except ValueError:
+            raise ValueError(
+                f"{starts} with a well-formed host (IPv6 in brackets: [::1])"
+            ) from None
+        if parts.scheme not in schemes:
+            raise ValueError(starts)
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError(f"{starts} whose port is an integer from 1 to 65535")
+        if not host_optional and not parts.hostname:
+            raise ValueError(f"{starts} with a host")
         return text
 
     return parse
@@ -128,11 +155,24 @@ def _wei(raw: Any) -> Wei:
     return Wei(_int_range(0, 2**256 - 1)(raw))
 
 
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
 def _address(raw: Any) -> ChecksumAddress:
+    text = _text(raw)
     try:
-        return checksum(_text(raw))
+        return checksum(text)
     except ValueError:
-        raise ValueError("a 0x-prefixed 20-byte hex address") from None
+        pass
+    if _HEX_ADDRESS.fullmatch(text):
+        # Well-formed hex that checksum() refused: only the mixed letter
+        # case, its EIP-55 checksum, can be wrong.
+        raise ValueError(
+            "an address whose mixed letter case matches its EIP-55 checksum; "
+            "this one's checksum is wrong, which usually means a mistyped "
+            "character"
+        )
+    raise ValueError("a 0x-prefixed 20-byte hex address")
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
@@ -613,7 +653,7 @@ FIELDS: tuple[Field, ...] = (
         "ready_max_tail_lag_blocks",
         _int_range(1, 1_000_000),
         64,
-        "Largest tail lag, in blocks, at which /readyz still answers ready.",
+        "Largest tail lag, in blocks, at which the daemon is ready.",
     ),
     Field(
         "daily_report_hour_utc",
@@ -878,6 +918,12 @@ def load(
 def _cross_check(values: dict[str, Any]) -> list[str]:
     """Return problems that involve more than one setting."""
     problems = []
+    if values["finality_depth"] < values["confirmations"]:
+        problems.append(
+            f"HAVEN_FINALITY_DEPTH: got {values['finality_depth']}; expected at "
+            f"least HAVEN_CONFIRMATIONS ({values['confirmations']}): a block is "
+            "confirmed before it is final"
+        )
     if values["lease_ttl_ms"] < 3 * values["lease_poll_ms"]:
         problems.append(
             f"HAVEN_LEASE_TTL_MS: got {values['lease_ttl_ms']}; expected at least "

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import csv
 import io
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -66,10 +67,15 @@ CSV_COLUMNS = (
 )
 EXIT_RECONCILED = 0
 EXIT_NOT_RECONCILED = 1
-# 2 is the CLI's own exit code for invalid settings.
+# Invalid settings or arguments: the command line's (and argparse's) code.
+EXIT_USAGE = 2
 EXIT_INCOMPLETE = 3
 SERIES_DAYS = 30
+# The longest window a report accepts: one row per day of it in the series.
 MAX_SERIES_DAYS = 366
+# No moment before this can hold an intent or a block; earlier ones are typos
+# (and near year 1 the series' day arithmetic would overflow).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 # Rows shown per list in table and HTML; JSON and CSV hold them all.
 SHOWN_ROWS = 50
 
@@ -81,6 +87,71 @@ class Report:
     verdict: str
     data: dict[str, Any]
     run_id: int | None = None
+
+
+class WindowError(ValueError):
+    """A report's ``from``, ``to`` or ``as_of`` is unusable.
+
+    ``name`` is the parameter at fault as the API spells it (``from``,
+    ``to``, ``as_of``); the message says what was expected and what came.
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        super().__init__(message)
+
+
+def check_window(
+    from_: datetime | None,
+    to: datetime | None,
+    as_of: datetime | None,
+    *,
+    now: datetime,
+) -> None:
+    """Raise WindowError unless the window and cut make a report.
+
+    Every moment must be timezone-aware, from 1970 on; ``as_of`` no later
+    than ``now`` (the database's clock); ``from`` before ``to`` (or before
+    the cut when there is no ``to``); and the window at most
+    :data:`MAX_SERIES_DAYS` days long.
+    """
+    for name, moment in (("from", from_), ("to", to), ("as_of", as_of)):
+        if moment is not None and moment < EARLIEST:
+            raise WindowError(
+                name,
+                f"expected a moment from {_iso(EARLIEST)} on, got {_iso(moment)}",
+            )
+    if as_of is not None and as_of > now:
+        raise WindowError(
+            "as_of",
+            f"expected a moment no later than now ({_iso(now)}), got {_iso(as_of)}",
+        )
+    if from_ is None:
+        return
+    end = to if to is not None else (as_of or now)
+    if from_ >= end:
+        what = "to" if to is not None else ("the as_of cut" if as_of else "now")
+        raise WindowError(
+            "from",
+            f"expected a moment before {what} ({_iso(end)}), got {_iso(from_)}",
+        )
+    days = _series_days(from_, end)
+    if days > MAX_SERIES_DAYS:
+        raise WindowError(
+            "from",
+            f"expected a window of at most {MAX_SERIES_DAYS} days, got {days} "
+            f"days ({_iso(from_)} to {_iso(end)})",
+        )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _series_days(first: datetime, end: datetime) -> int:
+    """Return how many UTC days the series of [first, end) has."""
+    last = (end - timedelta(microseconds=1)).astimezone(UTC).date()
+    return (last - first.astimezone(UTC).date()).days + 1
 
 
 def exit_code(verdict: str) -> int:
@@ -107,13 +178,15 @@ async def build(
 ) -> Report:
     """Reconcile (now, or as of ``as_of``) and assemble the report.
 
-    Raises ValueError for an empty window or an ``as_of`` in the future, and
-    DatabaseUnavailableError when PostgreSQL is down; an unreachable chain
-    gives an ``incomplete`` report instead of an error.
+    Raises WindowError (a ValueError) for a window :func:`check_window`
+    refuses, before anything is stored, and DatabaseUnavailableError when
+    PostgreSQL is down; an unreachable chain gives an ``incomplete`` report
+    instead of an error.
     """
     config = config or ReconcilerConfig.from_settings(settings)
-    if from_ is not None and to is not None and from_ >= to:
-        raise ValueError(f"from {from_.isoformat()} must be before to {to.isoformat()}")
+    async with db.translate_errors(), pool.acquire() as connection:
+        now: datetime = await connection.fetchval("SELECT now()")
+    check_window(from_, to, as_of, now=now)
     if as_of is None:
         run = await runs.execute(pool, chain, config, trigger="report", scan_logs=True)
     else:
@@ -337,7 +410,6 @@ def _series(
         first = from_.astimezone(UTC).date()
     else:
         first = last.date() - timedelta(days=SERIES_DAYS - 1)
-    first = max(first, last.date() - timedelta(days=MAX_SERIES_DAYS - 1))
     days = [first + timedelta(days=n) for n in range((last.date() - first).days + 1)]
     created: dict[date, list[IntentAt]] = defaultdict(list)
     for intent in snap.intents:
@@ -520,9 +592,11 @@ def hnv(amount_wei: str | None) -> str:
 def render_table(data: dict[str, Any]) -> str:
     """Render the report as aligned plain text for a terminal."""
     cut = data["cut"]
+    block = cut["block_number"]
     lines = [
         f"verdict: {data['verdict']}",
-        f"cut:     {cut['at']} at block {cut['block_number']}",
+        f"cut:     {cut['at']} at "
+        + (f"block {block}" if block is not None else "an unknown block"),
         f"token:   {data['token']}",
     ]
     lines += [f"reason:  {reason}" for reason in data["reasons"]]
@@ -653,14 +727,19 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 
 def _when(text: str) -> datetime:
+    expected = "expected an ISO 8601 date or time (2026-12-01, 2026-12-01T10:00Z)"
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
         raise argparse.ArgumentTypeError(
-            "expected an ISO 8601 date or time (2026-12-01, 2026-12-01T10:00Z), "
-            f"got {text!r}"
+            f"{expected} within years 1 to 9999 in UTC, got {text!r}"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -699,13 +778,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.epilog = (
         f"exit status: {EXIT_RECONCILED} reconciled; {EXIT_NOT_RECONCILED} "
-        f"reconciled_with_pending or breaks; {EXIT_INCOMPLETE} incomplete "
-        "(index behind or chain unreachable)"
+        f"reconciled_with_pending or breaks; {EXIT_USAGE} invalid settings or "
+        f"arguments; {EXIT_INCOMPLETE} incomplete (index behind or chain "
+        "unreachable)"
     )
 
 
 async def command(settings: Settings, args: argparse.Namespace) -> int:
-    """Run ``haven report``: build, render, write; return the verdict's exit code."""
+    """Run ``haven report``: build, render, write; return the verdict's exit code.
+
+    A bad ``--from``/``--to``/``--as-of`` or an ``--output`` that cannot be
+    written ends it with one line on stderr and :data:`EXIT_USAGE`; both
+    are checked before the run is stored.
+    """
+    if args.output is not None:
+        problem = _unwritable(args.output)
+        if problem is not None:
+            return _usage_error("--output", problem)
     pool = await db.create_pool(settings.database_url.reveal(), max_size=2)
     try:
         await migrations.ensure_current(pool)
@@ -717,11 +806,42 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
             report = await build(
                 pool, chain, settings, from_=args.from_, to=args.to, as_of=args.as_of
             )
+    except WindowError as exc:
+        return _usage_error("--" + exc.name.replace("_", "-"), str(exc))
     finally:
         await pool.close()
     text = render(report, args.format)
-    if args.output is not None:
-        args.output.write_text(text, encoding="utf-8")
-    else:
+    if args.output is None:
         sys.stdout.write(text)
+        return exit_code(report.verdict)
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        # Checked above; this is the race where the path changed meanwhile.
+        return _usage_error(
+            "--output",
+            f"expected a writable file, got {str(args.output)!r} "
+            f"({exc.strerror}); run {report.run_id} was stored",
+        )
     return exit_code(report.verdict)
+
+
+def _unwritable(path: Path) -> str | None:
+    """Return why the report cannot be written to ``path``, or None."""
+    expected = f"expected a writable file in an existing directory, got {str(path)!r}"
+    parent = path.parent
+    if path.is_dir():
+        return f"{expected} (a directory)"
+    if not parent.is_dir():
+        return f"{expected} (no directory {str(parent)!r})"
+    if path.exists():
+        writable = os.access(path, os.W_OK)
+    else:
+        writable = os.access(parent, os.W_OK | os.X_OK)
+    return None if writable else f"{expected} (permission denied)"
+
+
+def _usage_error(option: str, message: str) -> int:
+    # The shape argparse gives its own errors, and its exit code.
+    print(f"haven report: error: argument {option}: {message}", file=sys.stderr)
+    return EXIT_USAGE

@@ -77,7 +77,10 @@ async def choose_cut(
     *,
     at: datetime | None = None,
 ) -> Cut:
-    """Return the cut of now (or of ``at``); its block is None if the chain is down.
+    """Return the cut of now (or of ``at``).
+
+    When the chain does not answer, a cut of now falls back to the newest
+    block the tailer counted as confirmed; a past cut's block is then None.
 
     Raises ValueError for an ``at`` later than the database's clock.
     """
@@ -87,7 +90,7 @@ async def choose_cut(
         raise ValueError(f"cut time {at.isoformat()} is in the future (now {now})")
     cut_at = at or now
     if chain is None:
-        return Cut(at=cut_at, block_number=None)
+        return await _index_cut(pool, config, cut_at, past=at is not None)
     checkpoint = await snapshot.checkpoint_block(pool, config.tail_checkpoint)
     try:
         head = await (chain.block_number() if at is None else block_at(chain, at))
@@ -95,8 +98,24 @@ async def choose_cut(
         block = await chain.get_block(block_number)
     except ChainError as exc:
         logger.warning("chain unreachable, the run will be incomplete", error=str(exc))
-        return Cut(at=cut_at, block_number=None)
+        return await _index_cut(pool, config, cut_at, past=at is not None)
     block_hash = block["hash"] if block is not None else None
+    return Cut(at=cut_at, block_number=block_number, block_hash=block_hash)
+
+
+async def _index_cut(
+    pool: asyncpg.Pool, config: ReconcilerConfig, cut_at: datetime, *, past: bool
+) -> Cut:
+    # Without the chain, the index is the only witness of where the books
+    # stand: cut where the tailer last counted blocks confirmed, so what
+    # PostgreSQL holds is still reported (the run stays incomplete). For a
+    # past moment the index cannot tell which block was confirmed then.
+    found = (
+        None if past else await snapshot.confirmed_block(pool, config.tail_checkpoint)
+    )
+    if found is None:
+        return Cut(at=cut_at, block_number=None)
+    block_number, block_hash = found
     return Cut(at=cut_at, block_number=block_number, block_hash=block_hash)
 
 
@@ -217,13 +236,15 @@ def render_document(
 def totals(snap: Snapshot, matching: Matching | None) -> dict[str, str | None]:
     """Return the run's totals as integer strings in wei (None when unknown)."""
     chain = snap.chain
+    # The index is read up to the cut block: with no block, nothing of it.
+    indexed = snap.cut.block_number is not None
     outstanding = sum(i.amount_wei for i in snap.intents if i.is_outstanding)
     return {
-        "minted_indexed_wei": str(snap.minted_indexed_wei),
+        "minted_indexed_wei": _opt(snap.minted_indexed_wei if indexed else None),
         "minted_chain_wei": _opt(chain.minted_logs_wei if chain else None),
         "total_supply_wei": _opt(chain.total_supply_wei if chain else None),
-        "transfers_minted_wei": str(snap.transfers_minted_wei),
-        "transfers_burned_wei": str(snap.transfers_burned_wei),
+        "transfers_minted_wei": _opt(snap.transfers_minted_wei if indexed else None),
+        "transfers_burned_wei": _opt(snap.transfers_burned_wei if indexed else None),
         "db_confirmed_wei": str(_confirmed_wei(snap)),
         "db_outstanding_wei": str(outstanding),
         "discrepancy_gross_wei": _opt(

@@ -20,7 +20,7 @@ This module only reads. It reads ``intents``, ``intent_events``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 
@@ -223,8 +223,12 @@ async def _read_database(
     connection: asyncpg.Connection, cut: Cut, checkpoint_name: str | None
 ) -> _Book:
     block = cut.block_number if cut.block_number is not None else -1
-    found = await _intents_at(connection, cut.at)
-    mints = await _mints_to(connection, block)
+    # TODO: match confirmed intents to their mints in SQL and load only the
+    # rest — every row is read into Python, so a million-row book takes tens
+    # of seconds where one join takes one.
+    address = _checksums()
+    found = await _intents_at(connection, cut.at, address)
+    mints = await _mints_to(connection, block, address)
     minted_ids = {m.intent_id for m in mints}
     confirmed_unminted = [
         i.id for i in found if i.status == intents.CONFIRMED and i.id not in minted_ids
@@ -244,8 +248,27 @@ async def _read_database(
     )
 
 
+def _checksums() -> Callable[[str], ChecksumAddress]:
+    """Return :func:`checksum` remembering every address it saw, for one read.
+
+    A book repeats a few wallets over millions of rows; each checksum is a
+    keccak.
+    """
+    seen: dict[str, ChecksumAddress] = {}
+
+    def address(value: str) -> ChecksumAddress:
+        found = seen.get(value)
+        if found is None:
+            found = seen[value] = checksum(value)
+        return found
+
+    return address
+
+
 async def _intents_at(
-    connection: asyncpg.Connection, at: datetime
+    connection: asyncpg.Connection,
+    at: datetime,
+    address: Callable[[str], ChecksumAddress],
 ) -> tuple[IntentAt, ...]:
     # The status at the cut is the last status event recorded by then; an
     # intent without any history (written around intents.create) falls back
@@ -273,7 +296,7 @@ async def _intents_at(
             id=IntentId(bytes(r["id"])),
             partner=r["partner"],
             kind=r["kind"],
-            wallet=checksum(r["wallet"]),
+            wallet=address(r["wallet"]),
             amount_wei=Wei(int(r["amount_wei"])),
             status=r["status"],
             status_since=r["status_since"],
@@ -288,7 +311,11 @@ def _if_by(value: datetime | None, at: datetime) -> datetime | None:
     return value if value is not None and value <= at else None
 
 
-async def _mints_to(connection: asyncpg.Connection, block: int) -> tuple[Mint, ...]:
+async def _mints_to(
+    connection: asyncpg.Connection,
+    block: int,
+    address: Callable[[str], ChecksumAddress],
+) -> tuple[Mint, ...]:
     rows = await connection.fetch(
         "SELECT * FROM reward_mints WHERE block_number <= $1 "
         "ORDER BY block_number, log_index",
@@ -301,9 +328,9 @@ async def _mints_to(connection: asyncpg.Connection, block: int) -> tuple[Mint, .
             block_hash=bytes(r["block_hash"]),
             log_index=r["log_index"],
             tx_hash=bytes(r["tx_hash"]),
-            to_address=checksum(r["to_address"]),
+            to_address=address(r["to_address"]),
             amount_wei=Wei(int(r["amount_wei"])),
-            minter=checksum(r["minter"]),
+            minter=address(r["minter"]),
         )
         for r in rows
     )
@@ -401,6 +428,32 @@ async def _checkpoint(connection: asyncpg.Connection, name: str | None) -> int |
         name,
     )
     return value
+
+
+async def confirmed_block(
+    pool: asyncpg.Pool, name: str | None
+) -> tuple[int, str | None] | None:
+    """Return the newest block the tailer counted as confirmed, and its hash.
+
+    The hash is None once the header has been pruned; the whole answer is
+    None before the tailer's first batch. Reads only the index: this is the
+    cut of last resort when the chain does not answer.
+    """
+    async with db.translate_errors(), pool.acquire() as connection:
+        row = await connection.fetchrow(
+            """
+            SELECT t.through, b.hash
+              FROM (SELECT min(coalesce(confirmed_through, block_number)) AS through
+                      FROM tail_checkpoints
+                     WHERE $1::text IS NULL OR name = $1) t
+              LEFT JOIN chain_blocks b ON b.number = t.through
+            """,
+            name,
+        )
+    if row is None or row["through"] is None:
+        return None
+    block_hash = "0x" + bytes(row["hash"]).hex() if row["hash"] is not None else None
+    return int(row["through"]), block_hash
 
 
 async def _read_chain(

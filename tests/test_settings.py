@@ -153,3 +153,114 @@ def test_readme_documents_every_setting():
 
     missing = [f.env_name for f in settings.FIELDS if f"`{f.env_name}`" not in readme]
     assert missing == []
+
+
+def check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "haven.cli", "check-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("contents", "problem"),
+    [
+        (None, "cannot read"),
+        ("version = \n", "is not valid TOML"),
+        ('version = "v1"\n', "aurora"),
+    ],
+    ids=["missing", "not-toml", "incomplete"],
+)
+def test_check_config_fails_on_a_rules_file_the_listener_would_refuse(
+    tmp_path: Path, contents: str | None, problem: str
+):
+    path = tmp_path / "rewards.toml"
+    if contents is not None:
+        path.write_text(contents)
+
+    checked = check_config(valid_env(HAVEN_REWARD_RULES=str(path)))
+
+    assert checked.returncode == 2, checked.stdout
+    assert "HAVEN_REWARD_RULES" in checked.stderr or str(path) in checked.stderr
+    assert problem in checked.stderr
+    assert "Traceback" not in checked.stderr
+
+
+def test_check_config_names_the_rules_file_it_read():
+    checked = check_config(valid_env())
+
+    assert checked.returncode == 0, checked.stderr
+    assert "# reward rules: " in checked.stdout
+    assert "rewards.toml (version " in checked.stdout
+
+
+@pytest.mark.parametrize(
+    ("dsn", "expected"),
+    [
+        ("postgresql://haven:s3cr3t-pw@db:99999/haven", "port is an integer"),
+        ("postgresql://haven:s3cr3t-pw@db:0/haven", "port is an integer"),
+        ("postgresql://haven:s3cr3t-pw@[::1/haven", "well-formed host"),
+    ],
+    ids=["port-too-big", "port-zero", "unclosed-ipv6"],
+)
+def test_a_malformed_database_url_is_a_settings_error_with_its_password_masked(
+    dsn: str, expected: str
+):
+    with pytest.raises(ConfigError) as caught:
+        settings.load(valid_env(HAVEN_DATABASE_URL=dsn))
+    checked = check_config(valid_env(HAVEN_DATABASE_URL=dsn))
+
+    [problem] = caught.value.problems
+    assert problem.startswith("HAVEN_DATABASE_URL: got 'postgresql://haven:********@")
+    assert expected in problem
+    assert "s3cr3t-pw" not in problem
+    assert checked.returncode == 2
+    assert problem in checked.stderr and "s3cr3t-pw" not in checked.stderr
+
+
+def test_a_database_url_on_an_ipv6_host_is_accepted_and_masked():
+    dsn = "postgresql://haven:s3cr3t-pw@[::1]:5432/haven"
+
+    loaded = settings.load(valid_env(HAVEN_DATABASE_URL=dsn))
+
+    assert dict(loaded.describe())["HAVEN_DATABASE_URL"] == (
+        "postgresql://haven:********@[::1]:5432/haven"
+    )
+
+
+def test_a_token_address_with_a_wrong_checksum_is_called_so():
+    # The valid checksummed form with one letter's case flipped.
+    flipped = "0x5fbDB2315678afecb367f032d93F642f64180aa3"
+
+    with pytest.raises(ConfigError) as caught:
+        settings.load(valid_env(HAVEN_TOKEN_ADDRESS=flipped))
+
+    [problem] = caught.value.problems
+    assert problem.startswith(f"HAVEN_TOKEN_ADDRESS: got '{flipped}'")
+    assert "checksum is wrong" in problem
+
+
+def test_a_token_address_that_is_not_hex_is_called_so():
+    with pytest.raises(ConfigError) as caught:
+        settings.load(valid_env(HAVEN_TOKEN_ADDRESS="0x5fbdb2315678afecb367f0"))
+
+    [problem] = caught.value.problems
+    assert "a 0x-prefixed 20-byte hex address" in problem
+    assert "checksum" not in problem
+
+
+def test_a_finality_depth_shallower_than_the_confirmations_is_refused():
+    with pytest.raises(ConfigError) as caught:
+        settings.load(valid_env(HAVEN_CONFIRMATIONS="20", HAVEN_FINALITY_DEPTH="10"))
+
+    assert caught.value.problems == [
+        "HAVEN_FINALITY_DEPTH: got 10; expected at least HAVEN_CONFIRMATIONS (20): "
+        "a block is confirmed before it is final"
+    ]
+    equal = settings.load(
+        valid_env(HAVEN_CONFIRMATIONS="20", HAVEN_FINALITY_DEPTH="20")
+    )
+    assert equal.finality_depth == 20

@@ -141,6 +141,18 @@ async def test_an_intent_over_the_per_intent_cap_is_held(pool: db.Pool):
     assert reason is not None and "per-intent cap of 100 HNV" in reason
 
 
+async def test_the_per_intent_hold_reason_claims_nothing_about_daily_spend(
+    pool: db.Pool,
+):
+    signed = await stored(pool, an_intent(amount_hnv=90, key="P-small"))
+    big = await stored(pool, an_intent(amount_hnv=101, key="P-big"))
+
+    assert await spend(pool, signed) is None
+    reason = await spend(pool, big)
+
+    assert reason == "101 HNV is over the per-intent cap of 100 HNV"
+
+
 async def test_partner_and_global_daily_caps_sum_what_was_signed(pool: db.Pool):
     aurora = [await stored(pool, an_intent(100, "aurora", f"A-{i}")) for i in range(3)]
     tribe = [
@@ -152,8 +164,10 @@ async def test_partner_and_global_daily_caps_sum_what_was_signed(pool: db.Pool):
 
     assert outcomes[:2] == [None, None]
     assert outcomes[2] is not None and "aurora daily cap" in outcomes[2]
+    assert "(200 HNV already signed in the last 24 hours)" in outcomes[2]
     assert outcomes[3:5] == [None, None]
     assert outcomes[5] is not None and "global daily cap" in outcomes[5]
+    assert "(400 HNV already signed in the last 24 hours)" in outcomes[5]
 
 
 async def test_an_approved_intent_is_signed_whatever_the_caps(pool: db.Pool):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,7 +16,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from harness.anvil import free_port
 from haven import db, intents
+from haven.chain import ChainClient
 from haven.daemon import attempts
 from haven.reconciler import breaks, reports, runs
 from haven.types import ONE_HNV, Nonce, TxHash, Wei, intent_id_hex
@@ -397,3 +401,165 @@ async def test_the_command_writes_the_report_and_exits_by_verdict(
     assert reconciled == reports.EXIT_RECONCILED
     assert orjson.loads(output.read_bytes())["verdict"] == runs.RECONCILED
     assert pending == reports.EXIT_NOT_RECONCILED
+
+
+NOW = datetime(2026, 12, 4, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("window", "name", "expected"),
+    [
+        ({"as_of": datetime(1, 1, 1, tzinfo=UTC)}, "as_of", "from 1970-01-01"),
+        ({"from_": datetime(1969, 12, 31, tzinfo=UTC)}, "from", "from 1970-01-01"),
+        ({"as_of": NOW + timedelta(seconds=1)}, "as_of", "no later than now"),
+        (
+            {"from_": NOW - timedelta(days=1), "to": NOW - timedelta(days=2)},
+            "from",
+            "before to",
+        ),
+        ({"from_": NOW, "to": NOW}, "from", "before to"),
+        ({"from_": NOW + timedelta(hours=1)}, "from", "before now"),
+        (
+            {"from_": NOW - timedelta(days=2), "as_of": NOW - timedelta(days=3)},
+            "from",
+            "before the as_of cut",
+        ),
+        (
+            {
+                "from_": datetime(2000, 1, 1, tzinfo=UTC),
+                "to": datetime(2030, 1, 1, tzinfo=UTC),
+            },
+            "from",
+            "at most 366 days, got 10958 days",
+        ),
+        ({"from_": NOW - timedelta(days=366)}, "from", "at most 366 days, got 367"),
+    ],
+)
+def test_an_unusable_window_is_refused_naming_the_parameter(window, name, expected):
+    with pytest.raises(reports.WindowError) as caught:
+        reports.check_window(
+            window.get("from_"), window.get("to"), window.get("as_of"), now=NOW
+        )
+
+    assert caught.value.name == name
+    assert expected in str(caught.value)
+
+
+def test_a_window_of_the_longest_allowed_length_is_accepted():
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+
+    reports.check_window(first, first + timedelta(days=366), None, now=NOW)
+    reports.check_window(NOW - timedelta(days=365), None, None, now=NOW)
+    reports.check_window(None, None, datetime(1970, 1, 1, tzinfo=UTC), now=NOW)
+
+
+@pytest.fixture
+def dead_chain_settings(database_url, haven_settings):
+    """The test's settings with HAVEN_RPC_URL at a port nothing listens on."""
+    return dataclasses.replace(
+        haven_settings, rpc_url=(f"http://127.0.0.1:{free_port()}",)
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "option", "expected"),
+    [
+        (["--as-of", "0001-01-01"], "--as-of", "expected a moment from 1970-01-01"),
+        (["--as-of", "2099-01-01"], "--as-of", "expected a moment no later than now"),
+        (
+            ["--from", "2026-12-05", "--to", "2026-12-01"],
+            "--from",
+            "expected a moment before to",
+        ),
+        (
+            ["--from", "2000-01-01", "--to", "2030-01-01"],
+            "--from",
+            "expected a window of at most 366 days",
+        ),
+        (
+            ["--output", "/nonexistent/dir/x.html"],
+            "--output",
+            "expected a writable file in an existing directory",
+        ),
+    ],
+    ids=["as-of-year-1", "as-of-future", "from-after-to", "30-years", "no-dir"],
+)
+async def test_the_command_refuses_bad_arguments_with_one_line_before_any_run(
+    book, haven_settings, capsys, argv, option, expected
+):
+    parser = argparse.ArgumentParser(prog="haven report")
+    reports.add_arguments(parser)
+
+    code = await reports.command(haven_settings, parser.parse_args(argv))
+
+    err = capsys.readouterr().err
+    assert code == reports.EXIT_USAGE == 2
+    assert err.startswith(f"haven report: error: argument {option}: {expected}")
+    assert err.count("\n") == 1
+    assert await runs.latest(book.pool) is None
+
+
+def test_an_offset_that_leaves_the_calendar_is_an_argument_error():
+    parser = argparse.ArgumentParser(prog="haven report")
+    reports.add_arguments(parser)
+
+    with pytest.raises(SystemExit) as caught:
+        parser.parse_args(["--to", "9999-12-31T23:00-05:00"])
+
+    assert caught.value.code == 2
+
+
+async def test_with_the_chain_unreachable_indexed_figures_are_still_reported(
+    book, dead_chain_settings, tmp_path, capsys
+):
+    await book.settle(TEN_HNV)
+    await book.settle(2 * ONE_HNV, partner="tribe")
+    indexed = await book.index()
+    parser = argparse.ArgumentParser(prog="haven report")
+    reports.add_arguments(parser)
+    output = tmp_path / "report.json"
+
+    code = await reports.command(
+        dead_chain_settings,
+        parser.parse_args(["--format", "json", "--output", str(output)]),
+    )
+    table_code = await reports.command(dead_chain_settings, parser.parse_args([]))
+
+    data = orjson.loads(output.read_bytes())
+    table = capsys.readouterr().out
+    assert code == table_code == reports.EXIT_INCOMPLETE
+    assert data["verdict"] == runs.INCOMPLETE
+    assert data["cut"]["block_number"] == indexed
+    totals = data["totals"]
+    assert totals["minted_indexed_wei"] == str(12 * ONE_HNV)
+    assert totals["transfers_minted_wei"] == str(12 * ONE_HNV)
+    assert totals["transfers_burned_wei"] == "0"
+    assert totals["db_confirmed_wei"] == str(12 * ONE_HNV)
+    assert totals["minted_chain_wei"] is None
+    assert totals["total_supply_wei"] is None
+    assert f" at block {indexed}\n" in table
+    assert re.search(r"^minted_indexed +12 HNV$", table, re.MULTILINE)
+    assert re.search(r"^transfers_minted +12 HNV$", table, re.MULTILINE)
+    assert re.search(r"^total_supply +-$", table, re.MULTILINE)
+
+
+async def test_a_cut_without_a_block_reports_indexed_figures_as_unknown(
+    book, dead_chain_settings, config
+):
+    await book.settle(TEN_HNV)
+    await book.index()
+    async with book.pool.acquire() as connection:
+        now = await connection.fetchval("SELECT now()")
+
+    async with ChainClient(dead_chain_settings.rpc_url, chain_id=31337) as dead:
+        report = await reports.build(
+            book.pool, dead, dead_chain_settings, as_of=now, config=config
+        )
+
+    totals = report.data["totals"]
+    assert report.verdict == runs.INCOMPLETE
+    assert report.data["cut"]["block_number"] is None
+    assert totals["minted_indexed_wei"] is None
+    assert totals["transfers_minted_wei"] is None
+    assert totals["db_confirmed_wei"] == str(TEN_HNV)
+    assert " at an unknown block\n" in reports.render(report, "table")

@@ -125,7 +125,7 @@ async def test_an_unreachable_chain_makes_the_run_incomplete_and_raises_an_alert
     book, config
 ):
     await book.settle(TEN_HNV)
-    await book.index()
+    indexed = await book.index()
 
     async with ChainClient(
         [f"http://127.0.0.1:{free_port()}"], chain_id=31337, timeout_s=2
@@ -133,7 +133,9 @@ async def test_an_unreachable_chain_makes_the_run_incomplete_and_raises_an_alert
         run = await runs.execute(book.pool, dead, config)
 
     assert run.verdict == runs.INCOMPLETE
-    assert run.cut.block_number is None
+    # Where the tailer last counted blocks confirmed: the index's own cut.
+    assert run.cut.block_number == indexed
+    assert run.reasons == ("chain_unreachable: RpcUnavailableError",)
     async with book.pool.acquire() as connection:
         [alert] = await alerts.find(connection, rule=runs.INCOMPLETE_RULE)
     assert alert.status == alerts.OPEN
