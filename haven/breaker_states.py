@@ -6,7 +6,9 @@ API that shows and resets it runs in the listener. Each daemon's
 once after a change or a reset, and applies every reset request newer than
 its own start exactly once. Wake-ups travel by ``NOTIFY``, so a reset takes
 effect in milliseconds; the periodic report is the fallback and the
-heartbeat that tells a live daemon from a dead one.
+heartbeat that tells a live daemon from a dead one. The rows of a process
+that died without removing them are shown as stale for a while, then
+forgotten.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ REPORTS_CHANNEL = "haven_breaker_reports"
 REPORT_INTERVAL_S = 2.0
 # A process that has not reported for this long is shown as stale.
 STALE_AFTER_S = 5 * REPORT_INTERVAL_S
+# ...and after this long it is taken for dead (killed without removing its
+# rows): no longer listed, and deleted by the next report of any process.
+FORGET_AFTER_S = 30 * STALE_AFTER_S
 
 
 def process_name() -> str:
@@ -63,7 +68,15 @@ async def report(
     *,
     reset_id: int,
 ) -> None:
-    """Store the state of a process's breakers and notify whoever waits."""
+    """Store the state of a process's breakers and notify whoever waits.
+
+    Also deletes the rows of processes silent for :data:`FORGET_AFTER_S`.
+    """
+    await connection.execute(
+        "DELETE FROM breaker_states "
+        "WHERE reported_at < now() - make_interval(secs => $1)",
+        FORGET_AFTER_S,
+    )
     for snap in snapshots:
         await connection.execute(
             """
@@ -98,15 +111,20 @@ async def forget(connection: asyncpg.Connection, process: str) -> None:
 async def reported(
     connection: asyncpg.Connection, name: str | None = None
 ) -> list[Reported]:
-    """Return the reported breakers (of one name, or all), by name and process."""
+    """Return the reported breakers (of one name, or all), by name and process.
+
+    Rows of processes silent for :data:`FORGET_AFTER_S` are left out.
+    """
     rows = await connection.fetch(
         """
         SELECT *, extract(epoch FROM now() - reported_at)::float8 AS age_s
           FROM breaker_states
-         WHERE $1::text IS NULL OR name = $1
+         WHERE ($1::text IS NULL OR name = $1)
+           AND reported_at >= now() - make_interval(secs => $2)
          ORDER BY name, process
         """,
         name,
+        FORGET_AFTER_S,
     )
     return [Reported(**dict(row)) for row in rows]
 

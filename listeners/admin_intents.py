@@ -130,9 +130,12 @@ def _position(query: req.Query) -> tuple[datetime, bytes] | None:
         at = datetime.fromisoformat(str(cursor["created_at"]))
         intent_id = bytes.fromhex(str(cursor["id"]))
     except (KeyError, ValueError):
-        query.problems.append(
-            {"path": "query.cursor", "message": "not a cursor of this listing"}
-        )
+        query.fail("cursor", "not a cursor of this listing")
+        return None
+    # Opaque but not trusted: a forged time far from now would overflow on
+    # its way to PostgreSQL.
+    if at.tzinfo is None or not req.is_in_time_range(at):
+        query.fail("cursor", "not a cursor of this listing")
         return None
     return at, intent_id
 
@@ -239,5 +242,5 @@ async def _why_not(
         return req.not_found("intent", intent_id_hex(intent_id))
     return req.conflict(
         "wrong_status",
-        f"the intent is {current.status}; only a {expected} intent can be moved",
+        f"the intent is {current.status}; only an intent in {expected} can be moved",
     )

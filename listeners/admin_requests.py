@@ -14,7 +14,7 @@ import binascii
 import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -35,6 +35,12 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 MAX_ROW_ID = 2**63 - 1  # PostgreSQL bigint
 MAX_NOTE_LENGTH = 1000
+# Times a client may ask about. Nothing of ours predates the Unix epoch (nor
+# does any block), and the margin below year 9999 keeps every offset and
+# every day added to a bound inside what datetime and PostgreSQL can hold.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
+TIME_RANGE = f"from {EARLIEST_TIME:%Y-%m-%d} to {LATEST_TIME:%Y-%m-%d} UTC"
 
 ACTOR = web.RequestKey("haven.admin.actor", str)
 AUDITED = web.RequestKey("haven.admin.audited", bool)
@@ -131,6 +137,15 @@ def invalid(path: str, message: str) -> Rejection:
     )
 
 
+def is_in_time_range(value: datetime) -> bool:
+    """Tell whether an aware ``value`` lies within the times a client may ask about.
+
+    Compared as it is: converting an offset time near year 1 or 9999 to UTC
+    would raise OverflowError.
+    """
+    return EARLIEST_TIME <= value < LATEST_TIME
+
+
 def timestamp(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -182,7 +197,8 @@ class Query:
                     {"path": f"query.{name}", "message": "given more than once"}
                 )
 
-    def _fail(self, name: str, message: str) -> None:
+    def fail(self, name: str, message: str) -> None:
+        """Record a problem of parameter ``name``; :meth:`done` answers it."""
         self.problems.append({"path": f"query.{name}", "message": message})
 
     def text(self, name: str, *, max_length: int = 128) -> str | None:
@@ -190,7 +206,7 @@ class Query:
         if value is None:
             return None
         if not 1 <= len(value) <= max_length or not value.isprintable():
-            self._fail(name, f"expected 1 to {max_length} printable characters")
+            self.fail(name, f"expected 1 to {max_length} printable characters")
             return None
         return value
 
@@ -199,7 +215,7 @@ class Query:
         if value is None:
             return None
         if value not in options:
-            self._fail(name, f"expected one of {', '.join(sorted(options))}")
+            self.fail(name, f"expected one of {', '.join(sorted(options))}")
             return None
         return value
 
@@ -210,7 +226,7 @@ class Query:
         try:
             return checksum(value)
         except ValueError:
-            self._fail(name, "expected a 0x-prefixed 20-byte address")
+            self.fail(name, "expected a 0x-prefixed 20-byte address")
             return None
 
     def integer(self, name: str, low: int, high: int, default: int) -> int:
@@ -218,7 +234,7 @@ class Query:
         if value is None:
             return default
         if not value.isascii() or not value.isdigit() or not low <= int(value) <= high:
-            self._fail(name, f"expected an integer from {low} to {high}")
+            self.fail(name, f"expected an integer from {low} to {high}")
             return default
         return int(value)
 
@@ -226,6 +242,7 @@ class Query:
         return self.integer("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
 
     def time(self, name: str) -> datetime | None:
+        """Read an ISO 8601 time with a UTC offset, within :data:`TIME_RANGE`."""
         value = self._values.get(name)
         if value is None:
             return None
@@ -234,9 +251,32 @@ class Query:
         except ValueError:
             parsed = None
         if parsed is None or parsed.tzinfo is None:
-            self._fail(name, "expected an ISO 8601 time with a UTC offset")
+            self.fail(name, "expected an ISO 8601 time with a UTC offset")
             return None
-        return parsed
+        return self._in_range(name, parsed)
+
+    def moment(self, name: str) -> datetime | None:
+        """Read an ISO 8601 date or time, UTC when it has no offset.
+
+        As the command line reads them; within :data:`TIME_RANGE`.
+        """
+        value = self.text(name, max_length=64)
+        if value is None:
+            return None
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(name, "expected an ISO 8601 date or time, e.g. 2026-12-01")
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return self._in_range(name, parsed)
+
+    def _in_range(self, name: str, value: datetime) -> datetime | None:
+        if not is_in_time_range(value):
+            self.fail(name, f"expected a time {TIME_RANGE}")
+            return None
+        return value
 
     def cursor(self) -> dict[str, Any] | None:
         value = self._values.get("cursor")
@@ -244,7 +284,7 @@ class Query:
             return None
         decoded = decode_cursor(value)
         if decoded is None:
-            self._fail("cursor", "not a cursor returned by this listing")
+            self.fail("cursor", "not a cursor returned by this listing")
         return decoded
 
     def before_id(self) -> int | None:
@@ -256,7 +296,7 @@ class Query:
         # A cursor is opaque but not trusted: a forged id past bigint would
         # reach PostgreSQL and fail there.
         if type(before_id) is not int or not 0 < before_id <= MAX_ROW_ID:
-            self._fail("cursor", "not a cursor of this listing")
+            self.fail("cursor", "not a cursor of this listing")
             return None
         return before_id
 
@@ -355,19 +395,6 @@ class Body:
             self._fail(name, f"expected an integer from {low} to {high}")
             return None
         return value
-
-    def before_id(self) -> int | None:
-        """Read the ``before_id`` cursor of a listing paged by row id."""
-        cursor = self.cursor()
-        if cursor is None:
-            return None
-        before_id = cursor.get("before_id")
-        # A cursor is opaque but not trusted: a forged id past bigint would
-        # reach PostgreSQL and fail there.
-        if type(before_id) is not int or not 0 < before_id <= MAX_ROW_ID:
-            self._fail("cursor", "not a cursor of this listing")
-            return None
-        return before_id
 
     def done(self) -> None:
         """Raise a 422 Rejection listing every problem found, if any."""

@@ -218,13 +218,26 @@ def _webhooks() -> dict[str, Schema]:
 
 
 def _health() -> dict[str, Schema]:
-    check = record({"ok": {"type": "boolean"}, "detail": nullable({"type": "string"})})
+    check = record(
+        {
+            "ok": {"type": "boolean"},
+            "detail": nullable({"type": "string"}),
+            "required": {
+                "type": "boolean",
+                "description": "Whether its failure makes the process not ready.",
+            },
+        }
+    )
     return {
         "Alive": record({"status": {"const": "alive"}}),
         "Check": check,
         "Readiness": record(
             {
-                "status": {"type": "string", "enum": ["ready", "not_ready"]},
+                "status": {
+                    "type": "string",
+                    "enum": ["ready", "degraded", "not_ready"],
+                    "description": "degraded: only checks not required failed.",
+                },
                 "checks": {
                     "type": "object",
                     "additionalProperties": _ref("Check"),

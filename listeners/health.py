@@ -1,11 +1,15 @@
 """Liveness and readiness: ``GET /healthz`` and ``GET /readyz``.
 
 ``/healthz`` answers 200 while the process can run a handler at all: a
-supervisor restarts it otherwise. ``/readyz`` answers 200 only when
-PostgreSQL, Redis (where the process uses it) and an RPC endpoint answer
-and the tailer is within bounds of the chain head, else 503 with every check
-spelled out, so a load balancer stops sending work and a person sees why.
-Neither needs a key; neither says anything secret (no DSN, no URL).
+supervisor restarts it otherwise. ``/readyz`` checks PostgreSQL, Redis
+(where the process uses it), an RPC endpoint and the tailer's lag behind
+the chain head, and spells every check out. It answers 503 only when a check
+the process cannot work without fails, so a load balancer stops sending work
+and a person sees why; a failing check the process can work around answers
+200 with the status ``degraded``. The daemon needs all of them. The
+listener needs only PostgreSQL: without Redis its rate limits are not
+counted, and it takes webhooks without the chain.
+Neither route needs a key; neither says anything secret (no DSN, no URL).
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ from haven.settings import Settings
 CHECK_TIMEOUT_S = 2.0
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
+READY = "ready"
+DEGRADED = "degraded"
+NOT_READY = "not_ready"
+# Strict by default: the daemon cannot sign, send or tail without any of
+# them (it runs no Redis check).
+EVERY_CHECK = frozenset(("postgres", "chain", "tail", "redis"))
+# Webhooks are verified and stored with PostgreSQL alone.
+LISTENER_NEEDS = frozenset(("postgres",))
 
 
 class Check(TypedDict):
@@ -36,6 +48,14 @@ class Check(TypedDict):
 
     ok: bool
     detail: str | None
+
+
+class Outcome(TypedDict):
+    """A check's result, and whether the process is not ready without it."""
+
+    ok: bool
+    detail: str | None
+    required: bool
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,9 @@ class Readiness:
     chain: ChainClient
     redis: aioredis.Redis | None
     max_tail_lag_blocks: int
+    # The checks whose failure makes the process not ready; a failure of
+    # any other only degrades it.
+    needs: frozenset[str] = EVERY_CHECK
 
     @classmethod
     def of(
@@ -54,18 +77,25 @@ class Readiness:
         pool: asyncpg.Pool,
         chain: ChainClient,
         redis: aioredis.Redis | None,
+        *,
+        needs: frozenset[str] = EVERY_CHECK,
     ) -> Readiness:
-        return cls(pool, chain, redis, settings.ready_max_tail_lag_blocks)
+        return cls(pool, chain, redis, settings.ready_max_tail_lag_blocks, needs)
 
-    async def check(self) -> dict[str, Any]:
-        """Run every check concurrently and return their results by name."""
+    async def check(self) -> dict[str, Outcome]:
+        """Run every check concurrently and return their outcomes by name."""
         names = ["postgres", "chain", "tail"]
         runs = [self._postgres(), self._chain(), self._tail()]
         if self.redis is not None:
             names.append("redis")
             runs.append(self._redis())
         results = await asyncio.gather(*(_timed(run) for run in runs))
-        return dict(zip(names, results, strict=True))
+        return {
+            name: Outcome(
+                ok=result["ok"], detail=result["detail"], required=name in self.needs
+            )
+            for name, result in zip(names, results, strict=True)
+        }
 
     async def _postgres(self) -> Check:
         async with db.translate_errors():
@@ -114,11 +144,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Answer 200 when every dependency answers, else 503 naming the failures."""
+    """Answer 200 unless a required check fails, then 503; the body says which."""
     checks = await request.app[READINESS].check()
-    ready = all(check["ok"] for check in checks.values())
-    body = {"status": "ready" if ready else "not_ready", "checks": checks}
-    return _json(200 if ready else 503, body)
+    status = readiness_status(checks)
+    body = {"status": status, "checks": checks}
+    return _json(503 if status == NOT_READY else 200, body)
+
+
+def readiness_status(checks: dict[str, Outcome]) -> str:
+    """Return ``ready``, ``degraded`` (an optional check failed) or ``not_ready``."""
+    failed = [check for check in checks.values() if not check["ok"]]
+    if any(check["required"] for check in failed):
+        return NOT_READY
+    return DEGRADED if failed else READY
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:

@@ -272,9 +272,15 @@ def _service_paths() -> dict[str, Any]:
         "/readyz": {
             "get": {
                 "summary": "Readiness: PostgreSQL, Redis, RPC and tail lag",
+                "description": (
+                    "The listener needs PostgreSQL only: Redis, the RPC node "
+                    "and the tail lag are reported, and their failure answers "
+                    "200 degraded. The daemon needs PostgreSQL, the RPC node "
+                    "and the tail lag."
+                ),
                 "tags": ["health"],
                 "responses": {
-                    **ok(ref("Readiness"), "Ready for work."),
+                    **ok(ref("Readiness"), "Ready (or degraded) for work."),
                     "503": {
                         "description": "Not ready; the failing checks say why.",
                         "headers": _headers(200),

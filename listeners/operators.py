@@ -54,7 +54,10 @@ def setup(
     app.middlewares.append(count_requests)
     app[SOURCES] = readings.Sources(settings, pool, chain)
 
-    health.setup(app, health.Readiness.of(settings, pool, chain, redis))
+    readiness = health.Readiness.of(
+        settings, pool, chain, redis, needs=health.LISTENER_NEEDS
+    )
+    health.setup(app, readiness)
     app.router.add_get(METRICS_PATH, serve_metrics)
     openapi.setup(app)
     reports_page.setup(app)

@@ -15,7 +15,8 @@ the first untrusted address is the client. Entries left of it are written
 by the client itself and prove nothing.
 
 Redis is an optimisation here, not a source of truth: when it cannot be
-reached, requests are let through and a warning is logged.
+reached, requests are let through. One warning is logged when Redis goes
+away and one line when it answers again, not one per request.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class Limiter:
         self._trusted = tuple(
             ipaddress.ip_network(cidr, strict=False) for cidr in limits.trusted_proxies
         )
+        self._is_redis_lost = False
 
     async def check_ip(
         self, remote_addr: str, *, forwarded_for: str | None = None
@@ -161,11 +163,9 @@ class Limiter:
         try:
             allowed = await self._count(item, scope, who)
         except RedisUnavailableError:
-            logger.warning(
-                "rate limit not checked: Redis unavailable; the request goes on",
-                scope=scope,
-            )
+            self._lost_redis()
             return
+        self._found_redis()
         if allowed is not None:
             raise Rejection(
                 429,
@@ -173,6 +173,22 @@ class Limiter:
                 f"too many {counted}; retry after {allowed} s",
                 retry_after_s=allowed,
             )
+
+    def _lost_redis(self) -> None:
+        # Every request fails the same way during an outage: say it once.
+        if self._is_redis_lost:
+            return
+        self._is_redis_lost = True
+        logger.warning(
+            "rate limits not counted: Redis unavailable; requests go on "
+            "unlimited until it answers again"
+        )
+
+    def _found_redis(self) -> None:
+        if not self._is_redis_lost:
+            return
+        self._is_redis_lost = False
+        logger.info("rate limits counted again: Redis answers")
 
     async def _count(self, item: RateLimitItem, scope: str, who: str) -> int | None:
         """Hit the limit; return None if within it, else the seconds to wait."""

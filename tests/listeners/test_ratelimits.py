@@ -6,6 +6,8 @@ import ipaddress
 
 import pytest
 import redis.asyncio as aioredis
+from loguru import logger
+from ops.redis_server import running_redis
 
 from harness.anvil import free_port
 from haven import settings
@@ -98,6 +100,34 @@ async def test_an_unreachable_redis_lets_requests_through(start_listener, conn):
         await dead.aclose()
 
     assert [r.status for r in replies] == [202, 202, 202]
+
+
+async def test_a_redis_outage_is_logged_once_when_lost_and_once_when_back(
+    tmp_path, redis_prefix
+):
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="DEBUG", format="{level} {message}")
+    try:
+        async with running_redis(tmp_path) as server:
+            client = aioredis.from_url(
+                server.url, socket_timeout=1, socket_connect_timeout=1
+            )
+            limiter = Limiter(client, prefix=redis_prefix, limits=RateLimits())
+            await limiter.check_ip("203.0.113.7")
+            await server.kill()
+            for _ in range(3):
+                await limiter.check_ip("203.0.113.7")
+                await limiter.check_partner("aurora")
+            await server.start()
+            await limiter.check_ip("203.0.113.7")
+            await limiter.check_partner("aurora")
+            await client.aclose()
+    finally:
+        logger.remove(sink)
+
+    about_limits = [line.strip() for line in lines if "rate limit" in line]
+    assert [line.split(" ", 1)[0] for line in about_limits] == ["WARNING", "INFO"]
+    assert "Redis unavailable" in about_limits[0]
 
 
 @pytest.mark.parametrize(

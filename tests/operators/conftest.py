@@ -36,16 +36,23 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
 async def start_service(
     database_url: str, redis_prefix: str, redis_client: aioredis.Redis
 ) -> AsyncIterator[StartService]:
-    """Start a listener on a free port; ``environ`` overrides go to the settings."""
+    """Start a listener on a free port; ``environ`` overrides go to the settings.
+
+    ``redis`` replaces the test's Redis client (e.g. one of a port where
+    nothing listens).
+    """
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
 
     @asynccontextmanager
-    async def start(**overrides: str) -> AsyncIterator[Service]:
+    async def start(
+        redis: aioredis.Redis | None = None, **overrides: str
+    ) -> AsyncIterator[Service]:
         loaded = settings.load(environ(database_url, redis_prefix) | overrides)
         pool = await db.create_pool(
             loaded.database_url.reveal(), min_size=0, max_size=5, timeout_s=5
         )
-        server = TestServer(listener_app(loaded, pool, redis_client), host="127.0.0.1")
+        app = listener_app(loaded, pool, redis or redis_client)
+        server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         url = str(server.make_url("")).rstrip("/")
         try:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from operators.support import Client, Service
 
+from haven import breaker_states
 from haven.chain import ChainClient
 from haven.daemon import http
 from haven.daemon.breaker import CircuitBreaker
@@ -121,3 +122,45 @@ async def test_a_breaker_made_after_start_up_is_reported_once_watched(client, se
             await asyncio.wait_for(running, 10)
 
     assert (shown["name"], shown["state"]) == ("rpc", "open")
+
+
+async def report_as(service: Service, process: str, silent_for_s: float) -> None:
+    """Report a closed ``rpc`` breaker of ``process``, heard ``silent_for_s`` ago."""
+    async with service.pool.acquire() as connection:
+        snapshot = CircuitBreaker("rpc").snapshot()
+        await breaker_states.report(connection, process, [snapshot], reset_id=0)
+        # A killed process stops reporting: its row just grows old.
+        await connection.execute(
+            "UPDATE breaker_states SET reported_at = now() - make_interval(secs => $2)"
+            " WHERE process = $1",
+            process,
+            silent_for_s,
+        )
+
+
+async def test_a_daemon_killed_long_ago_is_forgotten_and_a_recent_one_is_stale(
+    client, service
+):
+    # Oldest last: no report after it deletes its row, so the listing must
+    # leave it out by itself.
+    await report_as(service, "host:300", 0)
+    await report_as(service, "host:200", breaker_states.STALE_AFTER_S + 5)
+    await report_as(service, "host:100", breaker_states.FORGET_AFTER_S + 60)
+
+    reply = await client.get(BREAKERS)
+
+    listed = [(row["process"], row["stale"]) for row in reply.body["breakers"]]
+    assert listed == [("host:200", True), ("host:300", False)]
+
+
+async def test_a_daemons_report_deletes_the_rows_of_daemons_killed_long_ago(service):
+    for pid in range(101, 106):
+        await report_as(service, f"host:{pid}", breaker_states.FORGET_AFTER_S + 60)
+    await report_as(service, "host:200", breaker_states.STALE_AFTER_S + 5)
+
+    await report_as(service, "host:300", 0)
+
+    left = await service.pool.fetch(
+        "SELECT process FROM breaker_states ORDER BY process"
+    )
+    assert [row["process"] for row in left] == ["host:200", "host:300"]

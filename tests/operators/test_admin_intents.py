@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+
+import orjson
 from operators.support import ADMIN_KEY, seed_intent, seed_submitted
 
 from haven import intents
@@ -54,6 +57,33 @@ async def test_bad_filters_are_answered_422_with_every_field(client):
         "query.status",
         "query.wallet",
     ]
+
+
+async def test_times_out_of_range_are_422_naming_the_parameter(client):
+    replies = {
+        "created_from": await client.get(
+            f"{INTENTS}?created_from=0001-01-01T00:00:00%2B14:00"
+        ),
+        "created_to": await client.get(
+            f"{INTENTS}?created_to=9999-12-31T23:59:59-05:00"
+        ),
+    }
+
+    for name, reply in replies.items():
+        assert (reply.status, reply.error_code) == (422, "invalid_request")
+        [problem] = reply.body["error"]["fields"]
+        assert problem["path"] == f"query.{name}"
+        assert "from 1970-01-01 to 9999-01-01 UTC" in problem["message"]
+
+
+async def test_a_forged_cursor_with_an_overflowing_time_is_422(client):
+    position = {"created_at": "0001-01-01T00:00:00+14:00", "id": "00" * 32}
+    cursor = base64.urlsafe_b64encode(orjson.dumps(position)).decode()
+
+    reply = await client.get(f"{INTENTS}?cursor={cursor}")
+
+    assert (reply.status, reply.error_code) == (422, "invalid_request")
+    assert [f["path"] for f in reply.body["error"]["fields"]] == ["query.cursor"]
 
 
 async def test_an_intent_shows_its_history_and_attempts(client, service):
@@ -118,6 +148,9 @@ async def test_approving_an_intent_in_another_status_is_409_and_changes_nothing(
 
     assert reply.status == 409
     assert reply.error_code == "wrong_status"
+    assert reply.body["error"]["message"] == (
+        "the intent is ready; only an intent in approval can be moved"
+    )
     async with service.pool.acquire() as connection:
         assert (await intents.get(connection, intent_id)).status == "ready"
     outcome = await service.pool.fetchval(

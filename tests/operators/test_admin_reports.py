@@ -7,6 +7,8 @@ import io
 
 from operators.support import seed_intent
 
+from haven.reconciler import reports
+
 REPORTS = "/api/v1/admin/reports"
 
 
@@ -57,3 +59,44 @@ async def test_a_past_cut_writes_nothing_and_bad_windows_are_422(client, service
         "query.as_of",
         "query.format",
     ]
+
+
+async def test_moments_out_of_range_are_422_naming_the_parameter(client):
+    early = await client.get(f"{REPORTS}?as_of=0001-01-01")
+    late = await client.get(f"{REPORTS}?to=9999-12-31T23:59:59-05:00")
+    offset = await client.get(f"{REPORTS}?from=0001-01-01T00:00:00%2B14:00")
+
+    for reply, name in ((early, "as_of"), (late, "to"), (offset, "from")):
+        assert (reply.status, reply.error_code) == (422, "invalid_request")
+        [problem] = reply.body["error"]["fields"]
+        assert problem["path"] == f"query.{name}"
+        assert "1970-01-01" in problem["message"]
+
+
+async def test_a_future_cut_or_a_reversed_window_is_422_naming_the_parameter(
+    client, service
+):
+    future = await client.get(f"{REPORTS}?as_of=2999-01-01")
+    reversed_ = await client.get(f"{REPORTS}?from=2026-12-02&to=2026-12-01")
+    empty = await client.get(f"{REPORTS}?from=2026-12-01&to=2026-12-01")
+
+    assert [f["path"] for f in future.body["error"]["fields"]] == ["query.as_of"]
+    for reply in (reversed_, empty):
+        assert reply.status == 422
+        assert [f["path"] for f in reply.body["error"]["fields"]] == ["query.from"]
+    assert await service.pool.fetchval("SELECT count(*) FROM reconciliation_runs") == 0
+
+
+async def test_a_window_longer_than_the_series_is_422_naming_the_limit(client):
+    longest = await client.get(f"{REPORTS}?from=2028-01-01&to=2029-01-01")
+    too_long = await client.get(f"{REPORTS}?from=2000-01-01&to=2030-01-01")
+    open_ended = await client.get(f"{REPORTS}?from=2000-01-01")
+
+    assert longest.status == 200
+    assert len(longest.body["series"]) == reports.MAX_SERIES_DAYS
+    for reply in (too_long, open_ended):
+        assert (reply.status, reply.error_code) == (422, "invalid_request")
+        [problem] = reply.body["error"]["fields"]
+        assert problem["path"] == "query.from"
+        assert f"at most {reports.MAX_SERIES_DAYS} days" in problem["message"]
+    assert "10958 days" in too_long.body["error"]["fields"][0]["message"]
