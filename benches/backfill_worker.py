@@ -27,7 +27,7 @@ from benches import services
 from haven import db, logs, settings
 from haven.chain import ChainClient
 from haven.daemon import checkpoints
-from haven.daemon.tailer import Tailer, TailerOptions
+from haven.daemon.tailer import Tailer
 from haven.token import REWARD_MINTED_TOPIC, TRANSFER_TOPIC
 from haven.types import checksum
 
@@ -35,7 +35,6 @@ TAILER = "tailer"
 BASELINE = "baseline"
 CHECKPOINT_POLL_S = 0.01
 RPC_TIMEOUT_S = 120.0
-RANGE_BLOCKS = TailerOptions().log_range_max_blocks
 TRANSFER_COLUMNS = (
     "block_hash",
     "log_index",
@@ -156,11 +155,12 @@ async def index_with_baseline(spec: Mapping[str, Any]) -> dict[str, Any]:
     events = 0
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:
+            range_blocks = tailer_settings(spec).log_range_max_blocks
             started_rss_mb = services.peak_rss_mb()
             started = time.perf_counter()
             first, head = int(spec["start_block"]), int(spec["head"])
             while first <= head:
-                last = min(head, first + RANGE_BLOCKS - 1)
+                last = min(head, first + range_blocks - 1)
                 found = await _get_logs(session, spec, first, last)
                 events += await copy_rows(connection, found)
                 first = last + 1

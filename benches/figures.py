@@ -44,7 +44,7 @@ class Check:
             "quantity": self.quantity,
             "op": self.op,
             "limit": self.limit,
-            "value": round(self.value, 4),
+            "value": _significant(self.value),
             "passed": self.passed,
         }
 
@@ -78,9 +78,9 @@ class Figure:
         return {
             "name": self.name,
             "unit": self.unit,
-            "measured": round(self.measured, 4),
-            "baseline": round(self.baseline, 4),
-            "ratio": round(self.ratio, 4),
+            "measured": _significant(self.measured),
+            "baseline": _significant(self.baseline),
+            "ratio": _significant(self.ratio),
             "goal": self.goal,
             "checks": [check.to_json() for check in self.checks],
             "passed": self.passed,
@@ -128,7 +128,7 @@ def table(outcomes: Iterable[Outcome]) -> str:
     rows = [header]
     for outcome in outcomes:
         if isinstance(outcome, Failure):
-            rows.append([outcome.name, "", "", "", "", "", f"ERROR {outcome.error}"])
+            rows.append([outcome.name, "", "", "", "", "", _error_line(outcome.error)])
             continue
         rows.append(
             [
@@ -151,6 +151,18 @@ def _line(row: list[str], widths: list[int]) -> str:
     return "  ".join(
         cell.ljust(w) for cell, w in zip(row, widths, strict=True)
     ).rstrip()
+
+
+def _significant(value: float) -> float:
+    """Round to six significant digits: a few milliseconds keep their ratio."""
+    return float(f"{value:.6g}")
+
+
+def _error_line(error: str) -> str:
+    """The last line of an error, which names it, cut to fit a terminal row."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    last = lines[-1] if lines else error
+    return "ERROR " + (last if len(last) <= 100 else last[:97] + "...")
 
 
 def _number(value: float) -> str:

@@ -4,7 +4,8 @@ Two fresh anvil nodes with HNV deployed the same way. On one, the daemon
 (Submitter and Tailer, in their own process) signs, sends and follows
 ``count`` ready intents until the database says every one is confirmed;
 on the other, a loop sends the same number of pre-signed ``mintReward``
-transactions and waits for the last receipt. Confirmation depth is 1 (a
+transactions, no more unmined at once than the daemon's ``max_in_flight``,
+and waits for the last receipt. Confirmation depth is 1 (a
 mined and indexed mint counts), since automine makes no blocks but ours.
 """
 
@@ -30,6 +31,8 @@ from haven.types import Wei, checksum
 NAME = "mint"
 FULL_INTENTS = 2_000
 POLL_INTERVAL_MS = 100
+# The daemon's default HAVEN_MAX_IN_FLIGHT, set explicitly for both sides.
+MAX_IN_FLIGHT = 16
 SIGNER_FUNDS_WEI = 1_000 * 10**18
 WORKER_TIMEOUT_S = 600.0
 BASELINE_KEY = DEV_KEYS[2]
@@ -45,6 +48,7 @@ async def _daemon_run(context: Context, count: int) -> dict[str, Any]:
             token_address=hnv.address,
             start_block=hnv.deploy_block,
             poll_interval_ms=POLL_INTERVAL_MS,
+            max_in_flight=MAX_IN_FLIGHT,
             log_format="json",
         )
         loaded = settings.load(environ)
@@ -95,6 +99,7 @@ async def _baseline_run(count: int) -> dict[str, Any]:
             "key": BASELINE_KEY,
             "wallet": GUEST,
             "count": count,
+            "in_flight": MAX_IN_FLIGHT,
         }
         return await services.run_worker(
             "mint_worker", spec, timeout_s=WORKER_TIMEOUT_S
@@ -119,6 +124,7 @@ async def measure(context: Context) -> Figure:
             "signers": 1,
             "confirmations": 1,
             "poll_interval_ms": POLL_INTERVAL_MS,
+            "max_in_flight": MAX_IN_FLIGHT,
         },
         details={"daemon": _summary(daemon), "baseline": _summary(baseline)},
     )

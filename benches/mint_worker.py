@@ -5,8 +5,8 @@ With a spec on stdin it runs one of:
 * ``daemon``   — the real daemon (``haven.daemon.service.run``) with its
   Submitter and Tailer, until every intent in the database is confirmed;
 * ``baseline`` — signs the same number of ``mintReward`` transactions
-  before the clock starts, then sends them in a loop and waits for the
-  last receipt.
+  before the clock starts, then sends them in a loop, as many unmined at
+  once as the daemon may have, and waits for the last receipt.
 
 Either answers the seconds it took and this process's peak memory.
 """
@@ -33,6 +33,7 @@ from haven.types import ChecksumAddress, IntentId, Wei
 DAEMON = "daemon"
 BASELINE = "baseline"
 POLL_S = 0.02
+RECEIPT_POLL_S = 0.005
 GAS = 200_000
 MAX_FEE_WEI = 100 * 10**9
 TIP_WEI = 10**9
@@ -103,21 +104,34 @@ def presign(spec: Mapping[str, Any], first_nonce: int) -> list[bytes]:
 
 
 async def mint_with_baseline(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Send pre-signed mints in a loop until the last is mined; time it."""
+    """Send pre-signed mints, at most ``in_flight`` unmined, until all are mined.
+
+    The bound is the daemon's own (``HAVEN_MAX_IN_FLIGHT``); it also keeps
+    anvil's automine going, which stalls with a pool of thousands.
+    """
     sender = Account.from_key(spec["key"]).address
+    in_flight = int(spec["in_flight"])
     async with ChainClient([spec["rpc_url"]], chain_id=int(spec["chain_id"])) as chain:
         first_nonce = await chain.get_transaction_count(sender, "pending")
         signed = presign(spec, first_nonce)
         started = time.perf_counter()
-        hashes = [await chain.send_raw_transaction(raw) for raw in signed]
-        # anvil mines asynchronously and pushes nothing over HTTP: poll.
-        while await chain.get_receipt(hashes[-1]) is None:  # noqa: ASYNC110
-            await asyncio.sleep(POLL_S / 4)
+        hashes: list[str] = []
+        for raw in signed:
+            if len(hashes) >= in_flight:
+                await _mined(chain, hashes[-in_flight])
+            hashes.append(await chain.send_raw_transaction(raw))
+        await _mined(chain, hashes[-1])
         elapsed_s = time.perf_counter() - started
         mined = await chain.get_transaction_count(sender, "latest")
     if mined != first_nonce + len(signed):
         raise services.WorkerError(f"{mined - first_nonce} of {len(signed)} mined")
     return {"elapsed_s": elapsed_s, "peak_rss_mb": services.peak_rss_mb()}
+
+
+async def _mined(chain: ChainClient, tx_hash: str) -> None:
+    # anvil mines asynchronously and pushes nothing over HTTP: poll.
+    while await chain.get_receipt(tx_hash) is None:  # noqa: ASYNC110
+        await asyncio.sleep(RECEIPT_POLL_S)
 
 
 async def main(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -124,7 +124,7 @@ async def _mint_total(
 
 
 async def _checkpoint(connection: asyncpg.Connection, node: services.AnvilNode) -> int:
-    head = await node.block_number()
+    head: int = await node.block_number()
     block = await node.rpc("eth_getBlockByNumber", [hex(head), False])
     await connection.execute(
         """

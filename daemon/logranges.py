@@ -5,7 +5,10 @@ QuickNode, Ankr), by result count (Infura), or by time. The cap is learned
 from the errors: a range is shrunk to what the error message suggests, or
 halved when it suggests nothing smaller, and grown again while calls are
 fast. A learned span cap is never exceeded again; a result-count hint is not
-a cap, since the next range may hold fewer logs. A single block that still
+a cap, since the next range may hold fewer logs. The span is also fitted to
+the logs it returns, so that one answer holds about :data:`MAX_LOGS_PER_CALL`
+at most and a dense stretch of history is never read into memory at once;
+the first span is therefore short, and grows. A single block that still
 fails is read by block hash, which providers do not cap, so the tailer can
 never be stuck on one block.
 """
@@ -28,6 +31,10 @@ from haven.errors import RpcResponseError, RpcUnavailableError
 MAX_TIMEOUTS_PER_FETCH = 4
 FAST_CALL_S = 1.0
 PATIENCE_CALLS = 16
+# Logs one answer should hold at most: a few tens of megabytes once parsed,
+# and the result cap of the strictest providers.
+MAX_LOGS_PER_CALL = 10_000
+FIRST_SPAN_BLOCKS = 250
 
 
 @dataclass(frozen=True)
@@ -78,12 +85,19 @@ def suggested_blocks(message: str) -> Suggestion | None:
 class LogRange:
     """The block span of the next ``eth_getLogs`` call to one endpoint."""
 
-    def __init__(self, max_blocks: int, *, fast_s: float = FAST_CALL_S) -> None:
+    def __init__(
+        self,
+        max_blocks: int,
+        *,
+        fast_s: float = FAST_CALL_S,
+        max_logs: int = MAX_LOGS_PER_CALL,
+    ) -> None:
         if max_blocks < 1:
             raise ValueError(f"max_blocks must be at least 1, got {max_blocks}")
-        self.size = max_blocks
+        self.size = min(max_blocks, FIRST_SPAN_BLOCKS)
         self.ceiling = max_blocks
         self._fast_s = fast_s
+        self._max_logs = max_logs
         # The smallest span refused without a stated cap, and how many fast
         # calls to make before daring it again: growing straight back into a
         # refusal would cost a failed call per doubling.
@@ -112,9 +126,14 @@ class LogRange:
         self._refused(requested_blocks)
         logger.debug("getlogs range shrunk after a timeout", blocks=self.size)
 
-    def succeeded(self, requested_blocks: int, elapsed_s: float) -> None:
-        """Grow after a fast call that used the whole span."""
+    def succeeded(self, requested_blocks: int, elapsed_s: float, logs: int = 0) -> None:
+        """Fit the span to the ``logs`` read; grow it after a fast, light, full call."""
+        if logs > self._max_logs:
+            self.size = max(1, requested_blocks * self._max_logs // logs)
+            return
         if requested_blocks < self.size or elapsed_s >= self._fast_s:
+            return
+        if 2 * logs > self._max_logs:
             return
         grown = min(self.ceiling, self.size * 2)
         refused = self._refused_blocks
@@ -180,7 +199,7 @@ async def fetch(
                 raise
             span.timed_out(requested)
             continue
-        span.succeeded(requested, time.monotonic() - started)
+        span.succeeded(requested, time.monotonic() - started, len(logs))
         return to_block, logs
 
 

@@ -85,6 +85,10 @@ def is_minted_data(intent_id: IntentId) -> bytes:
 
 
 def decode_uint(data: bytes) -> int:
+    # A uint256 is the first 32-byte word, big-endian: read it directly on
+    # the indexing path, and let the ABI decoder word the error of a short one.
+    if len(data) >= 32:
+        return int.from_bytes(data[:32], "big")
     (value,) = decode(["uint256"], data)
     return int(value)
 

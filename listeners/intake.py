@@ -33,12 +33,17 @@ async def recall(pool: asyncpg.Pool, delivery: Delivery) -> Answer | None:
     The same body gets the stored answer again; another body gets 409 and a
     security alert. Raise DatabaseUnavailableError if PostgreSQL is down.
     """
-    async with db.transaction(pool) as connection:
+    # Most deliveries are new: one plain read says so, with no transaction
+    # around it to open and commit.
+    async with db.translate_errors(), pool.acquire() as connection:
         stored = await deliveries.get(
             connection, delivery.partner, delivery.delivery_id
         )
-        if stored is None:
-            return None
+    if stored is None:
+        return None
+    if stored.is_same_body(delivery):
+        return stored.replay()
+    async with db.transaction(pool) as connection:
         return await _settle_known(connection, stored, delivery)
 
 
