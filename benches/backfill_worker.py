@@ -26,7 +26,7 @@ import orjson
 from benches import services
 from haven import db, logs, settings
 from haven.chain import ChainClient
-from haven.daemon import checkpoints
+from haven.daemon import checkpoints, transfers
 from haven.daemon.tailer import Tailer
 from haven.token import REWARD_MINTED_TOPIC, TRANSFER_TOPIC
 from haven.types import checksum
@@ -35,25 +35,6 @@ TAILER = "tailer"
 BASELINE = "baseline"
 CHECKPOINT_POLL_S = 0.01
 RPC_TIMEOUT_S = 120.0
-TRANSFER_COLUMNS = (
-    "block_hash",
-    "log_index",
-    "block_number",
-    "tx_hash",
-    "from_address",
-    "to_address",
-    "amount_wei",
-)
-MINT_COLUMNS = (
-    "block_hash",
-    "log_index",
-    "block_number",
-    "tx_hash",
-    "intent_id",
-    "to_address",
-    "amount_wei",
-    "minter",
-)
 
 
 def tailer_settings(spec: Mapping[str, Any]) -> settings.Settings:
@@ -201,11 +182,11 @@ async def copy_rows(connection: asyncpg.Connection, found: list[dict[str, Any]])
     async with connection.transaction():
         if moves:
             await connection.copy_records_to_table(
-                "token_transfers", columns=TRANSFER_COLUMNS, records=moves
+                "token_transfers", columns=transfers.TRANSFER_COLUMNS, records=moves
             )
         if mints:
             await connection.copy_records_to_table(
-                "reward_mints", columns=MINT_COLUMNS, records=mints
+                "reward_mints", columns=transfers.MINT_COLUMNS, records=mints
             )
     return len(moves) + len(mints)
 

@@ -19,6 +19,27 @@ from haven.types import ZERO_ADDRESS, ChecksumAddress, IntentId, Wei
 
 Event = Transfer | RewardMinted
 
+# Column order of the COPY into each table, matching the records built below.
+TRANSFER_COLUMNS = (
+    "block_hash",
+    "log_index",
+    "block_number",
+    "tx_hash",
+    "from_address",
+    "to_address",
+    "amount_wei",
+)
+MINT_COLUMNS = (
+    "block_hash",
+    "log_index",
+    "block_number",
+    "tx_hash",
+    "intent_id",
+    "to_address",
+    "amount_wei",
+    "minter",
+)
+
 
 async def insert(connection: asyncpg.Connection, events: Sequence[Event]) -> None:
     """Store decoded events; must run in the transaction that moves the checkpoint.
@@ -31,15 +52,7 @@ async def insert(connection: asyncpg.Connection, events: Sequence[Event]) -> Non
     if moves:
         await connection.copy_records_to_table(
             "token_transfers",
-            columns=(
-                "block_hash",
-                "log_index",
-                "block_number",
-                "tx_hash",
-                "from_address",
-                "to_address",
-                "amount_wei",
-            ),
+            columns=TRANSFER_COLUMNS,
             records=[
                 (*_key(e.position), e.from_address, e.to_address, e.amount_wei)
                 for e in moves
@@ -48,16 +61,7 @@ async def insert(connection: asyncpg.Connection, events: Sequence[Event]) -> Non
     if mints:
         await connection.copy_records_to_table(
             "reward_mints",
-            columns=(
-                "block_hash",
-                "log_index",
-                "block_number",
-                "tx_hash",
-                "intent_id",
-                "to_address",
-                "amount_wei",
-                "minter",
-            ),
+            columns=MINT_COLUMNS,
             records=[
                 (*_key(e.position), e.intent_id, e.to_address, e.amount_wei, e.minter)
                 for e in mints
