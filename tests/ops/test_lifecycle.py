@@ -4,6 +4,7 @@ mid-work, and refused on a schema older than the code."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from datetime import UTC, datetime
@@ -67,8 +68,11 @@ async def is_refused(port: int) -> bool:
         )
     except (ConnectionRefusedError, TimeoutError):
         return True
+    # Accepted from the backlog while the listening socket closed: the server
+    # may reset it. Either way it was not refused yet; ask again.
     writer.close()
-    await writer.wait_closed()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
     return False
 
 
