@@ -67,8 +67,11 @@ def match(snapshot: Snapshot, config: ReconcilerConfig) -> Matching:
 
     accepted = [_with_acceptance(b, snapshot.accepted) for b in found]
     broken = {b.subject for b in accepted}
+    # Settled intents were matched in SQL; none of them can break, and
+    # their mints agree to the wei, so they add nothing to the deltas.
     return Matching(
-        matched=sum(
+        matched=snapshot.settled.count
+        + sum(
             1
             for i in snapshot.intents
             if i.status == intents.CONFIRMED

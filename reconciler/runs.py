@@ -166,9 +166,16 @@ async def compute(
     cut: Cut,
     *,
     scan_logs: bool = False,
+    every_intent: bool = False,
 ) -> Run:
-    """Reconcile the books at ``cut`` without writing anything."""
-    snap = await snapshot.take(pool, chain, config, cut, scan_logs=scan_logs)
+    """Reconcile the books at ``cut`` without writing anything.
+
+    ``every_intent`` loads settled intents row by row too (see
+    :mod:`snapshot`), for callers that list them; the run is the same.
+    """
+    snap = await snapshot.take(
+        pool, chain, config, cut, scan_logs=scan_logs, every_intent=every_intent
+    )
     matching = matches.match(snap, config) if snap.is_complete else None
     verdict, reasons = decide(snap, matching)
     document = render_document(snap, matching, verdict, reasons)
@@ -203,7 +210,11 @@ def decide(snap: Snapshot, matching: Matching | None) -> tuple[str, tuple[str, .
 
 
 def _confirmed_wei(snap: Snapshot) -> int:
-    return sum(i.amount_wei for i in snap.intents if i.status == intents.CONFIRMED)
+    loaded: int = sum(
+        i.amount_wei for i in snap.intents if i.status == intents.CONFIRMED
+    )
+    settled: int = snap.settled.amount_wei
+    return loaded + settled
 
 
 def render_document(
@@ -259,17 +270,17 @@ def _opt(value: int | None) -> str | None:
 
 
 def _by_status(snap: Snapshot) -> list[dict[str, Any]]:
-    rows = []
-    for status in intents.STATUSES:
-        group = [i for i in snap.intents if i.status == status]
-        rows.append(
-            {
-                "status": status,
-                "count": len(group),
-                "amount_wei": str(sum(i.amount_wei for i in group)),
-            }
-        )
-    return rows
+    counts = dict.fromkeys(intents.STATUSES, 0)
+    sums = dict.fromkeys(intents.STATUSES, 0)
+    counts[intents.CONFIRMED] = snap.settled.count
+    sums[intents.CONFIRMED] = snap.settled.amount_wei
+    for intent in snap.intents:
+        counts[intent.status] += 1
+        sums[intent.status] += intent.amount_wei
+    return [
+        {"status": s, "count": counts[s], "amount_wei": str(sums[s])}
+        for s in intents.STATUSES
+    ]
 
 
 async def execute(
@@ -279,13 +290,16 @@ async def execute(
     *,
     trigger: str = "schedule",
     scan_logs: bool = False,
+    every_intent: bool = False,
 ) -> Run:
     """Reconcile now, store the run and move break and alert state; return the run.
 
     Safe to call from several processes: persistence is serialised.
     """
     cut = await choose_cut(pool, chain, config)
-    run = await compute(pool, chain, config, cut, scan_logs=scan_logs)
+    run = await compute(
+        pool, chain, config, cut, scan_logs=scan_logs, every_intent=every_intent
+    )
     async with db.transaction(pool) as connection:
         await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         run = await _persist(connection, run, trigger)
