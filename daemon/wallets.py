@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     rotate.add_argument(
         "--fund-wei",
-        type=int,
+        type=_wei,
         default=0,
         help="ETH (in wei) sent from the deployer key to the new signer for gas",
     )
@@ -68,6 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions.add_parser(
         "rekey", help="re-encrypt every key under the first HAVEN_MASTER_KEY"
     )
+
+
+def _wei(text: str) -> int:
+    """An argparse type: a non-negative whole number of wei."""
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"expected a non-negative whole number of wei, got {text!r}"
+        )
+    return int(text)
 
 
 def _add_wait(parser: argparse.ArgumentParser) -> None:
@@ -202,19 +211,50 @@ async def rotate(
     Returns the new address; ``old`` is left draining (see :func:`retire`).
     Raises CustodyError when ``old`` is not one active signer.
     """
+    if fund_wei < 0:
+        raise ValueError(f"fund_wei must not be negative, got {fund_wei}")
     retiring = await _retiring(pool, old)
+    # Checked before anything is created: without it nothing can be granted.
+    admin_key = _admin_key(settings)
     actor = custody.default_actor()
     new = await custody.create_signer(pool, settings, actor=actor)
-    admin_key = _admin_key(settings)
-    if fund_wei > 0:
-        await deploy.send_as(chain, admin_key, to=new, data=b"", value=Wei(fund_wei))
-    await _set_role(settings, pool, chain, new, grant=True)
+    # TODO: create the successor in a status the submitter does not work until
+    # it is funded and granted — until then a running daemon may sign with it
+    # in the seconds between, and such a mint reverts (its intent fails and
+    # is retried by an operator).
+    try:
+        if fund_wei > 0:
+            await deploy.send_as(
+                chain, admin_key, to=new, data=b"", value=Wei(fund_wei)
+            )
+        await _set_role(settings, pool, chain, new, grant=True)
+    except Exception as exc:
+        await _abandon(pool, new, actor, exc)
+        raise
     async with db.transaction(pool) as conn:
         await signers.set_status(conn, retiring, signers.DRAINING)
         await custody.record(
             conn, retiring, custody.ROTATE, actor=actor, detail={"successor": new}
         )
     return new
+
+
+async def _abandon(pool: db.Pool, address: str, actor: str, cause: Exception) -> None:
+    """Take a successor that never became a minter out of service."""
+    async with db.transaction(pool) as conn:
+        used = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM tx_attempts WHERE signer = $1)", address
+        )
+        # One that signed meanwhile drains first; the rest is retired at once.
+        status = signers.DRAINING if used else signers.REVOKED
+        await signers.set_status(conn, address, status)
+        await custody.record(
+            conn,
+            address,
+            custody.DRAIN if used else custody.REVOKE,
+            actor=actor,
+            detail={"reason": f"rotation failed: {type(cause).__name__}"},
+        )
 
 
 async def _retiring(pool: db.Pool, old: str | None) -> ChecksumAddress:

@@ -179,7 +179,7 @@ def _fund_wei(body: req.Body) -> int:
     text = body.text("fund_wei", max_length=25)
     if text is None:
         return 0
-    if not text.isdigit() or int(text) > MAX_FUND_WEI:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_FUND_WEI:
         body.problems.append(
             {"path": "fund_wei", "message": "expected a string of digits (wei)"}
         )

@@ -12,8 +12,9 @@ from eth_account import Account
 from harness import chainsetup
 from harness.anvil import DEV_KEYS
 from harness.minting import Rig, wait_for
+from haven import settings
 from haven.daemon import custody, signers, wallets
-from haven.errors import CustodyError
+from haven.errors import ChainError, ConfigError, CustodyError
 from haven.types import checksum
 
 pytestmark = pytest.mark.timeout(120)
@@ -85,6 +86,40 @@ async def test_rotation_keeps_minting_and_retires_the_old_signer_for_good(rig: R
     assert (old, custody.ROTATE) in actions
     assert (new, custody.GRANT) in actions
     assert (old, custody.REVOKE) in actions
+
+
+async def test_a_rotation_that_cannot_fund_its_successor_leaves_it_out_of_service(
+    rig: Rig,
+):
+    old = rig.signer
+    deployer_balance = int(
+        await rig.node.rpc("eth_getBalance", [chainsetup.ADMIN, "latest"]), 16
+    )
+    too_much = str(deployer_balance * 2)
+
+    with pytest.raises(ChainError):
+        await wallets.command(rig.settings(), parse("rotate", "--fund-wei", too_much))
+
+    now = await statuses(rig)
+    (new,) = [address for address in now if address != old]
+    assert now == {old: signers.ACTIVE, new: signers.REVOKED}
+    assert not await chainsetup.has_minter_role(rig.node, rig.token, new)
+
+
+async def test_a_rotation_without_the_deployer_key_creates_nothing(rig: Rig):
+    environ = {k: v for k, v in rig.env().items() if k != "HAVEN_DEPLOYER_KEY"}
+    before = await statuses(rig)
+
+    with pytest.raises(ConfigError, match="HAVEN_DEPLOYER_KEY"):
+        await wallets.command(settings.load(environ), parse("rotate"))
+
+    assert await statuses(rig) == before
+
+
+@pytest.mark.parametrize("amount", ["-5", "1e18", "\u0663"])
+def test_rotate_refuses_a_fund_that_is_not_a_whole_number_of_wei(amount: str):
+    with pytest.raises(SystemExit):
+        parse("rotate", "--fund-wei", amount)
 
 
 async def test_revoking_an_unknown_signer_is_refused(rig: Rig):
