@@ -25,6 +25,7 @@ from loguru import logger
 
 from haven import metrics
 from haven.errors import ChainMismatchError, RpcResponseError, RpcUnavailableError
+from haven.settings import mask_endpoint
 from haven.types import Nonce, TxHash, Wei
 
 # Kinds of node errors. Each maps to one handling decision of the callers.
@@ -228,7 +229,7 @@ class ChainClient:
             try:
                 return await self._post(url, method, params)
             except RpcUnavailableError as exc:
-                failures.append(f"{url}: {exc}")
+                failures.append(f"{mask_endpoint(url)}: {exc}")
                 last = exc
                 if len(self.urls) > 1:
                     self.urls.append(self.urls.pop(0))
@@ -294,7 +295,7 @@ class ChainClient:
         served = from_hex(await self.call("eth_chainId"))
         if served != self.chain_id:
             raise ChainMismatchError(
-                f"node at {self.url} serves chain id {served}, "
+                f"node at {mask_endpoint(self.url)} serves chain id {served}, "
                 f"expected HAVEN_CHAIN_ID={self.chain_id}"
             )
 

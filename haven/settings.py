@@ -72,6 +72,39 @@ def mask_dsn(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:********@{host}"))
 
 
+def mask_endpoint(url: str) -> str:
+    """Return an endpoint URL safe to show: password, path and query hidden.
+
+    Providers put API keys in the path (``/v3/<key>``) or the query as often
+    as in the password, so only the scheme, host and port are shown.
+    """
+    masked = mask_dsn(url)
+    try:
+        parts = urlsplit(masked)
+    except ValueError:
+        return "********"
+    hidden = parts.path not in ("", "/") or parts.query or parts.fragment
+    if not hidden:
+        return masked
+    return urlunsplit(parts._replace(path="/********", query="", fragment=""))
+
+
+# Settings whose values are URLs that may carry credentials, and how each is
+# shown: a DSN keeps its database name; an endpoint shows its host only.
+_DSN_KEYS = ("database_url", "redis_url")
+_ENDPOINT_KEYS = (
+    "rpc_url",
+    "ws_url",
+    "partner_api_aurora",
+    "partner_api_tribe",
+    "alert_webhook_url",
+)
+
+
+def _masked_url(key: str, url: str) -> str:
+    return mask_dsn(url) if key in _DSN_KEYS else mask_endpoint(url)
+
+
 # --- parsers: each takes the raw value (str from the environment, or a TOML
 # value) and returns the typed value or raises ValueError with the expectation.
 
@@ -830,8 +863,10 @@ class Settings:
         rows = []
         for spec in FIELDS:
             value = getattr(self, spec.key)
-            if spec.key in ("database_url", "redis_url") and value is not None:
-                shown = mask_dsn(value.reveal())
+            if spec.key in _DSN_KEYS + _ENDPOINT_KEYS and value is not None:
+                raw = value.reveal() if isinstance(value, Secret) else value
+                urls = raw if isinstance(raw, tuple) else (raw,)
+                shown = ",".join(_masked_url(spec.key, str(url)) for url in urls)
             elif isinstance(value, Secret):
                 shown = "********"
             elif isinstance(value, tuple):
@@ -847,8 +882,9 @@ class Settings:
 def _shown(spec: Field, raw: Any) -> str:
     if spec.secret:
         return "'********'"
-    if spec.key in ("database_url", "redis_url"):
-        return repr(mask_dsn(str(raw)))
+    if spec.key in _DSN_KEYS + _ENDPOINT_KEYS:
+        urls = str(raw).split(",") if spec.key == "rpc_url" else [str(raw)]
+        return repr(",".join(_masked_url(spec.key, url.strip()) for url in urls))
     return repr(raw)
 
 

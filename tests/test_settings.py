@@ -264,3 +264,39 @@ def test_a_finality_depth_shallower_than_the_confirmations_is_refused():
         valid_env(HAVEN_CONFIRMATIONS="20", HAVEN_FINALITY_DEPTH="20")
     )
     assert equal.finality_depth == 20
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        ("HAVEN_RPC_URL", "https://user:rpc-pw@node.example/v3/rpc-api-key"),
+        ("HAVEN_WS_URL", "wss://node.example/ws/ws-api-key?token=ws-token"),
+        ("HAVEN_PARTNER_API_AURORA", "https://u:partner-pw@aurora.example/events"),
+        ("HAVEN_ALERT_WEBHOOK_URL", "https://hooks.example/alert-path-key"),
+    ],
+)
+def test_credentials_in_endpoint_urls_are_never_shown(key: str, url: str):
+    environ = valid_env(**{key: url})
+    if key == "HAVEN_ALERT_WEBHOOK_URL":
+        environ["HAVEN_ALERT_WEBHOOK_SECRET"] = SECRET_TRIBE
+    credentials = ("rpc-pw", "rpc-api-key", "ws-api-key", "ws-token", "partner-pw")
+
+    shown = dict(settings.load(environ).describe())[key]
+    refused = check_config(valid_env(**{key: url, "HAVEN_CHAIN_ID": "-1"}))
+
+    assert shown.split("//")[1].split("/")[0].rsplit("@")[-1].endswith(".example")
+    assert not any(c in shown for c in (*credentials, "alert-path-key"))
+    assert refused.returncode == 2
+    assert not any(c in refused.stdout + refused.stderr for c in credentials)
+
+
+def test_a_refused_endpoint_url_is_named_with_its_credentials_masked():
+    refused = check_config(
+        valid_env(HAVEN_RPC_URL="ftp://user:rpc-pw@node.example/v3/rpc-api-key")
+    )
+
+    assert refused.returncode == 2
+    assert "HAVEN_RPC_URL: got 'ftp://user:********@node.example/********'" in (
+        refused.stderr
+    )
+    assert "rpc-pw" not in refused.stderr and "rpc-api-key" not in refused.stderr
