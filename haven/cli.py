@@ -219,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     except HavenError as exc:
         print(f"haven: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:
+        # A path given on the command line that cannot be used as asked.
+        if exc.filename is None:
+            raise
+        print(f"haven: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from datetime import UTC, datetime
@@ -33,6 +34,10 @@ def sign(secret: str, delivery_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="send_webhook.py", description=__doc__)
     parser.add_argument("partner", choices=["aurora", "tribe"])
@@ -41,8 +46,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--url", help="listener base URL")
     args = parser.parse_args(argv)
     try:
-        data = json.loads(args.data)
-    except json.JSONDecodeError as exc:
+        data = json.loads(args.data, parse_constant=_refuse_constant)
+    except ValueError as exc:
         parser.error(f"DATA_JSON is not JSON: {exc}")
     secrets = os.environ.get(f"HAVEN_WEBHOOK_SECRETS_{args.partner.upper()}", "")
     if not secrets:
@@ -50,13 +55,25 @@ def main(argv: list[str]) -> int:
     host = os.environ.get("HAVEN_LISTEN_HOST", "127.0.0.1")
     port = os.environ.get("HAVEN_LISTEN_PORT", "8080")
     url = (args.url or f"http://{host}:{port}").rstrip("/")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        parser.error(f"not a usable listener URL {url!r}: {exc}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        parser.error(f"not a usable listener URL {url!r}: expected http(s)://host:port")
+    secret = secrets.split(",")[0].strip()
+    try:
+        base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        parser.error("the partner's secret is not whsec_<base64>")
 
     envelope = {
         "type": args.type,
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "data": data,
     }
-    body = json.dumps(envelope).encode()
+    body = json.dumps(envelope, allow_nan=False).encode()
     delivery_id = f"msg_{uuid.uuid4().hex}"
     timestamp = int(time.time())
     request = urllib.request.Request(
@@ -67,9 +84,7 @@ def main(argv: list[str]) -> int:
             "Content-Type": "application/json",
             "webhook-id": delivery_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(
-                secrets.split(",")[0].strip(), delivery_id, timestamp, body
-            ),
+            "webhook-signature": sign(secret, delivery_id, timestamp, body),
         },
     )
     try:

@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from standardwebhooks.webhooks import Webhook
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "send_webhook.py"
@@ -31,14 +32,28 @@ def test_its_signature_is_the_standard_webhooks_one():
     assert ours == Webhook(SECRET).sign("msg_1", sent_at, body.decode())
 
 
-def test_bad_data_is_an_argument_error_and_sends_nothing():
+@pytest.mark.parametrize(
+    ("data", "environ", "said"),
+    [
+        ("{not json", {}, "DATA_JSON is not JSON"),
+        ('{"amount": NaN}', {}, "NaN is not a JSON number"),
+        ("{}", {"HAVEN_LISTEN_PORT": "abc"}, "not a usable listener URL"),
+        ("{}", {"HAVEN_LISTEN_HOST": "[::1"}, "not a usable listener URL"),
+        ("{}", {"HAVEN_WEBHOOK_SECRETS_AURORA": "whsec_abc"}, "not whsec_<base64>"),
+    ],
+)
+def test_bad_input_is_an_argument_error_and_sends_nothing(
+    data: str, environ: dict[str, str], said: str
+):
     finished = subprocess.run(
-        [sys.executable, str(SCRIPT), "aurora", "booking.completed", "{not json"],
-        env={"HAVEN_WEBHOOK_SECRETS_AURORA": SECRET, "HAVEN_LISTEN_PORT": "1"},
+        [sys.executable, str(SCRIPT), "aurora", "booking.completed", data],
+        env={"HAVEN_WEBHOOK_SECRETS_AURORA": SECRET, "HAVEN_LISTEN_PORT": "1"}
+        | environ,
         capture_output=True,
         text=True,
         timeout=30,
     )
 
     assert finished.returncode == 2
-    assert "DATA_JSON is not JSON" in finished.stderr
+    assert said in finished.stderr
+    assert "Traceback" not in finished.stderr

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -546,3 +548,40 @@ async def test_verify_reconciles_a_backup_of_sound_books_and_fails_broken_ones(
     assert "do not reconcile" in bad.problems[0]
     assert (bad.is_ok, bad.exit_code, code) == (False, 1, 1)
     assert "verdict        FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["backup", "verify", "{missing}"], "No such file or directory"),
+        (["backup", "verify", "{dir}"], "Is a directory"),
+        (["restore", "{dir}"], "Is a directory"),
+        (["backup", "--dir", "{file}"], "{file}"),
+    ],
+    ids=[
+        "verify a missing file",
+        "verify a directory",
+        "restore a directory",
+        "back up into a file",
+    ],
+)
+def test_an_unusable_path_is_a_one_line_error_with_exit_2(
+    database_url, redis_prefix, tmp_path, args, said
+):
+    paths = {
+        "missing": str(tmp_path / "missing.backup"),
+        "dir": str(tmp_path),
+        "file": str(tmp_path / "a-file"),
+    }
+    (tmp_path / "a-file").write_text("not a directory")
+    finished = subprocess.run(
+        [*HAVEN, *(a.format(**paths) for a in args)],
+        env=os.environ | haven_environ(database_url, redis_prefix),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert finished.returncode == 2, finished.stderr
+    assert said.format(**paths) in finished.stderr
+    assert "Traceback" not in finished.stderr
