@@ -80,7 +80,7 @@ from haven.errors import (
 )
 from haven.intents import Intent
 from haven.settings import Settings
-from haven.types import IntentId, Nonce, intent_id_hex
+from haven.types import ChecksumAddress, IntentId, Nonce, intent_id_hex
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -240,6 +240,8 @@ class Submitter:
         self._reconciled: set[str] = set()
         self._fault: str | None = None
         self._idle_warned = False
+        self._minters: set[str] = set()
+        self._not_minter: dict[str, int] = {}
         self._cycles = 0
 
     @property
@@ -389,7 +391,35 @@ class Submitter:
             )
         if row.status != signers.ACTIVE:
             return False
+        if not await self._is_minter(row.address, head):
+            return False
         return await self._allocate(signer, view, next_nonce) > 0
+
+    async def _is_minter(self, address: str, head: int) -> bool:
+        """Whether ``address`` holds MINTER_ROLE; new work waits until it does.
+
+        A signer created, or rotated in, before its role is granted would
+        only sign mints that revert. A yes is remembered; a no is asked
+        again each new block.
+        """
+        if address in self._minters:
+            return True
+        if self._not_minter.get(address) == head:
+            return False
+        data = token.has_role_data(token.MINTER_ROLE, ChecksumAddress(address))
+        raw = await self._rpc(self.chain.eth_call, self.token_address, data)
+        if token.decode_bool(raw):
+            self._minters.add(address)
+            self._not_minter.pop(address, None)
+            return True
+        if address not in self._not_minter:
+            logger.warning(
+                "signer is not a minter yet; it takes no new intents until "
+                "granted MINTER_ROLE",
+                signer=address,
+            )
+        self._not_minter[address] = head
+        return False
 
     async def _observe(self, address: str, head: int) -> ChainView:
         latest = await self._rpc(self.chain.get_transaction_count, address, "latest")

@@ -205,10 +205,14 @@ async def test_a_reverted_mint_is_observed_and_never_sent_again_nor_failed_here(
 ):
     assert rig.signer is not None
     revoke = token.revoke_role_data(token.MINTER_ROLE, rig.signer)
-    await chainsetup.transact(rig.node, chainsetup.ADMIN_KEY, to=rig.token, data=revoke)
-    (intent_id,) = await rig.add_intents(1)
 
     async with rig.running(rig.submitter()):
+        # The role is withdrawn under a running daemon that has seen it held.
+        await rig.wait_minted(await rig.add_intents(1))
+        await chainsetup.transact(
+            rig.node, chainsetup.ADMIN_KEY, to=rig.token, data=revoke
+        )
+        (intent_id,) = await rig.add_intents(1)
         await wait_for(lambda: receipt_seen(rig, intent_id), what="the receipt seen")
         more = await rig.add_intents(1)
         await wait_for(lambda: attempt_count(rig, more[0], 1), what="the next mint")

@@ -22,7 +22,7 @@ from harness.anvil import DEV_KEYS
 from harness.minting import GUEST, Rig, wait_for
 from harness.rpcproxy import DROP, DROP_RESPONSE, ERROR, RpcProxy, running_proxy
 from haven import db, intents, metrics, token
-from haven.daemon import attempts, submitter
+from haven.daemon import attempts, signers, submitter
 from haven.daemon.custody import Signer
 from haven.daemon.submitter import SubmitterOptions
 from haven.errors import ChainMismatchError
@@ -184,6 +184,28 @@ async def test_a_skipped_nonce_freed_by_a_reorg_is_filled_with_a_ready_intent(
     assert (await rig.intent(late[0])).nonce == 0
     assert await rig.alerts(submitter.NONCE_GAP) == []
     await rig.assert_paid_once(early + late)
+
+
+async def test_a_signer_without_the_minter_role_takes_no_intent_until_granted(
+    rig: Rig,
+):
+    minter = rig.signer
+    stranger = await rig.add_signer(minter=False)
+    # More than one signer's in-flight cap, so both would be given work.
+    ids = await rig.add_intents(40)
+
+    async with rig.running(rig.submitter()):
+        await rig.wait_minted(ids)
+        await chainsetup.grant_minter(rig.node, rig.token, stranger)
+        async with rig.pool.acquire() as conn:  # only the newcomer may take more
+            await signers.set_status(conn, minter or "", signers.DRAINING)
+        later = await rig.add_intents(12)
+        await rig.wait_minted(later)
+
+    mints = await chainsetup.mints(rig.node, rig.token, rig.deploy_block)
+    assert {m.minter for m in mints if m.intent_id in ids} == {minter}
+    assert {m.minter for m in mints if m.intent_id in later} == {stranger}
+    assert sorted(m.intent_id for m in mints) == sorted(ids + later)
 
 
 async def send_self_transfer(rig: Rig, key: Signer, nonce: int) -> None:
