@@ -218,10 +218,8 @@ async def rotate(
     admin_key = _admin_key(settings)
     actor = custody.default_actor()
     new = await custody.create_signer(pool, settings, actor=actor)
-    # TODO: create the successor in a status the submitter does not work until
-    # it is funded and granted — until then a running daemon may sign with it
-    # in the seconds between, and such a mint reverts (its intent fails and
-    # is retried by an operator).
+    # A running daemon gives it no work before the grant below (the submitter
+    # asks the token), and the grant comes after the funding.
     try:
         if fund_wei > 0:
             await deploy.send_as(
