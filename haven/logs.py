@@ -16,6 +16,7 @@ licence to log secrets.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -111,6 +112,25 @@ def configure(
             backtrace=False,
             diagnose=False,
         )
+    _route_standard_logging(level)
+
+
+class _ToLoguru(logging.Handler):
+    """Carry records of libraries that use ``logging`` (asyncpg, aiohttp,
+    apscheduler) into loguru, so they share its format, JSON included."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.bind(library=record.name).opt(exception=record.exc_info).log(
+            level, record.getMessage()
+        )
+
+
+def _route_standard_logging(level: str) -> None:
+    logging.basicConfig(handlers=[_ToLoguru()], level=level, force=True)
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from loguru import logger
 from operators.support import ADMIN_KEY, OTHER_ADMIN_KEY, WALLET
 from standardwebhooks.webhooks import Webhook
 
-from haven import logs
+from haven import logs, settings
 from haven.settings import Settings
 
 DB_PASSWORD = "pg-pass-Zq81xK"
@@ -110,3 +111,33 @@ def test_a_correlated_block_binds_the_request_id_to_every_line(captured):
     lines = captured.getvalue().splitlines()
     assert "req-from-intent-7" in lines[0]
     assert "req-from-intent-7" not in lines[1]
+
+
+def test_records_of_libraries_using_logging_are_json_lines_too(captured):
+    environ = {
+        "HAVEN_DATABASE_URL": f"postgresql://haven:{DB_PASSWORD}@127.0.0.1/haven",
+        "HAVEN_RPC_URL": "http://127.0.0.1:8545",
+        "HAVEN_CHAIN_ID": "31337",
+        "HAVEN_WEBHOOK_SECRETS_AURORA": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "HAVEN_WEBHOOK_SECRETS_TRIBE": "whsec_dGhpcyBpcyBhIHRyaWJlIHNlY3JldCE=",
+        "HAVEN_MASTER_KEY": "J2rj1jjyqvKSMUlhqEy1s5EK2eoX5P3hwKEu4hs7Xms=",
+        "HAVEN_ADMIN_API_KEYS": ADMIN_KEY,
+        "HAVEN_LOG_FORMAT": "json",
+    }
+    logs.configure(settings.load(environ), process="listener", sink=captured)
+    try:
+        try:
+            raise ConnectionRefusedError("connect call failed")
+        except ConnectionRefusedError:
+            logging.getLogger("asyncpg.pool").exception(
+                "Failed to restore the pool connection floor"
+            )
+    finally:
+        logging.basicConfig(handlers=[], force=True)
+
+    lines = captured.getvalue().splitlines()
+    (record,) = [json.loads(line)["record"] for line in lines]
+    assert record["message"] == "Failed to restore the pool connection floor"
+    assert record["level"]["name"] == "ERROR"
+    assert record["extra"]["library"] == "asyncpg.pool"
+    assert "ConnectionRefusedError" in json.loads(lines[0])["text"]
