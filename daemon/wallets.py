@@ -24,7 +24,7 @@ from haven.chain import ChainClient
 from haven.daemon import custody, nonces, signers
 from haven.errors import ConfigError, CustodyError, RpcUnavailableError
 from haven.settings import Settings
-from haven.types import ChecksumAddress, Wei
+from haven.types import ChecksumAddress, Wei, checksum
 
 DRAIN_WAIT_S = 600.0
 EXIT_OK = 0
@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rotate.add_argument(
         "--from",
         dest="old",
+        type=_address,
         metavar="ADDRESS",
         help="signer to retire (default: the only active one)",
     )
@@ -63,11 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     revoke = actions.add_parser(
         "revoke", help="drain a signer, withdraw its minter role and retire it"
     )
-    revoke.add_argument("address", help="the signer to retire")
+    revoke.add_argument("address", type=_address, help="the signer to retire")
     _add_wait(revoke)
     actions.add_parser(
         "rekey", help="re-encrypt every key under the first HAVEN_MASTER_KEY"
     )
+
+
+def _address(text: str) -> ChecksumAddress:
+    """An argparse type: an address in any letter case, checksummed."""
+    try:
+        return checksum(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _wei(text: str) -> int:

@@ -122,6 +122,17 @@ def test_rotate_refuses_a_fund_that_is_not_a_whole_number_of_wei(amount: str):
         parse("rotate", "--fund-wei", amount)
 
 
+def test_signer_addresses_are_taken_in_any_case_and_checksummed():
+    lower = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
+
+    assert parse("revoke", lower).address == checksum(lower)
+    assert parse("rotate", "--from", lower.upper().replace("0X", "0x")).old == (
+        checksum(lower)
+    )
+    with pytest.raises(SystemExit):
+        parse("revoke", "0x5FBDB2315678afecb367f032d93F642f64180aa3")
+
+
 async def test_revoking_an_unknown_signer_is_refused(rig: Rig):
     stranger = checksum(Account.create().address)
 
