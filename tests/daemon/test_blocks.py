@@ -11,7 +11,6 @@ from harness.tailkit import (
     HOLDER_KEYS,
     HOLDERS,
     Hnv,
-    deploy_hnv,
     receipt,
     send,
     submit_intent,
@@ -25,11 +24,6 @@ pytestmark = pytest.mark.timeout(60)
 TOPICS = tuple(
     bytes.fromhex(t[2:]) for t in (token.TRANSFER_TOPIC, token.REWARD_MINTED_TOPIC)
 )
-
-
-@pytest.fixture
-async def hnv(anvil: AnvilNode) -> Hnv:
-    return await deploy_hnv(anvil)
 
 
 @pytest.fixture

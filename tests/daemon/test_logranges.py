@@ -3,8 +3,6 @@ fault proxy in front of anvil, and the range arithmetic on its own."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from harness.anvil import AnvilNode
@@ -13,7 +11,6 @@ from harness.tailkit import (
     HOLDERS,
     Hnv,
     assert_index_matches_chain,
-    deploy_hnv,
     one_block,
     running_tailer,
     submit_intent,
@@ -123,18 +120,6 @@ def test_a_span_starts_short_and_is_fitted_to_the_logs_it_returns() -> None:
 
 
 # --- against anvil through the proxy --------------------------------------------
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[db.Pool]:
-    pool = await db.create_pool(database_url, max_size=6)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def hnv(anvil: AnvilNode) -> Hnv:
-    return await deploy_hnv(anvil)
 
 
 async def spread_history(pool: db.Pool, anvil: AnvilNode, hnv: Hnv) -> None:

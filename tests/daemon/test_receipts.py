@@ -13,7 +13,6 @@ from harness.tailkit import (
     HOLDERS,
     Hnv,
     SignedTx,
-    deploy_hnv,
     rebroadcast,
     receipt,
     reorg,
@@ -32,18 +31,6 @@ from haven.types import IntentId
 
 pytestmark = pytest.mark.timeout(60)
 HNV = 10**18
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[db.Pool]:
-    pool = await db.create_pool(database_url, max_size=6)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def hnv(anvil: AnvilNode) -> Hnv:
-    return await deploy_hnv(anvil)
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ changed. Confirmations are 3 and the finality depth 8.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from eth_utils.crypto import keccak
 
@@ -22,7 +20,6 @@ from harness.tailkit import (
     SignedTx,
     assert_index_matches_chain,
     checkpoint,
-    deploy_hnv,
     nonce_of,
     rebroadcast,
     receipt,
@@ -44,18 +41,6 @@ pytestmark = pytest.mark.timeout(90)
 HNV = 10**18
 CONFIRMATIONS = 3
 FINALITY = 8
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[db.Pool]:
-    pool = await db.create_pool(database_url, max_size=6)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def hnv(anvil: AnvilNode) -> Hnv:
-    return await deploy_hnv(anvil)
 
 
 async def replacements_at_fork(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -47,18 +47,6 @@ from haven.types import IntentId, Wei
 pytestmark = pytest.mark.timeout(90)
 HNV = 10**18
 SWITCHED = "rpc endpoint switched, reading from the next"
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[db.Pool]:
-    pool = await db.create_pool(database_url, max_size=6)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def hnv(anvil: AnvilNode) -> Hnv:
-    return await deploy_hnv(anvil)
 
 
 async def make_history(

@@ -14,11 +14,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 from eth_abi.abi import encode
@@ -27,6 +27,7 @@ from eth_utils.crypto import keccak
 
 from harness import chainsetup
 from harness.anvil import DEV_KEYS, AnvilNode
+from harness.minting import wait_for
 from haven import db, intents, settings, token
 from haven.chain import ChainClient
 from haven.daemon import attempts, checkpoints, transfers
@@ -34,7 +35,6 @@ from haven.daemon.tailer import Tailer, TailerOptions
 from haven.settings import Settings
 from haven.types import ChecksumAddress, IntentId, Nonce, TxHash, Wei, checksum
 
-T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 
 # Key 0 deploys HNV and is our hot wallet; key 4 is a minter that is not
@@ -66,22 +66,6 @@ class SignedTx:
 class Hnv:
     address: ChecksumAddress
     deploy_block: int
-
-
-async def wait_for(
-    condition: Callable[[], Awaitable[T | None]], *, timeout_s: float, what: str
-) -> T:
-    """Return the first truthy value of ``condition``; fail after ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        # Nothing pushes these conditions to us: poll them, briefly.
-        await asyncio.sleep(0.05)
 
 
 # --- signing and sending ------------------------------------------------------
