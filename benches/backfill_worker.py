@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
+import uvloop
 
 from benches import services
 from haven import db, logs, settings
@@ -198,4 +199,5 @@ async def main(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    services.answer(asyncio.run(main(services.read_spec())))
+    # The loop of ``haven run``.
+    services.answer(uvloop.run(main(services.read_spec())))

@@ -17,11 +17,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
+import uvloop
 from aiohttp import web
 
 from benches import services
 from haven import db, logs, settings
-from haven.listeners.app import REDIS_TIMEOUT_S, create_app
+from haven.listeners.app import REDIS_TIMEOUT_S, create_app, make_runner
 from haven.listeners.ratelimits import RateLimits
 
 BARE = "bare"
@@ -67,7 +68,13 @@ async def serve(spec: Mapping[str, Any]) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     build = _real_app if spec["mode"] == REAL else _bare_app
     async with build(spec) as app:
-        runner = web.AppRunner(app, handle_signals=False)
+        # The listener is served by the runner of `haven listen`, with its
+        # access log; the bare handler by aiohttp's plain runner, which
+        # writes no log line here.
+        if spec["mode"] == REAL:
+            runner = make_runner(app)
+        else:
+            runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         try:
             await web.TCPSite(runner, spec["host"], spec["port"]).start()
@@ -79,4 +86,5 @@ async def serve(spec: Mapping[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(services.read_spec()))
+    # The loop of ``haven listen``, for both servers.
+    uvloop.run(serve(services.read_spec()))

@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import uvloop
 from eth_account import Account
 from eth_utils.crypto import keccak
 
@@ -141,4 +142,5 @@ async def main(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    services.answer(asyncio.run(main(services.read_spec())))
+    # The loop of ``haven run``.
+    services.answer(uvloop.run(main(services.read_spec())))

@@ -167,6 +167,7 @@ async def wait_applied(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     async with db.translate_errors(), pool.acquire() as connection:
+        db.keep_session_state(connection)
         await connection.add_listener(REPORTS_CHANNEL, wake)
         try:
             while True:
@@ -229,6 +230,7 @@ class Reporter:
                 self._applied_id = await connection.fetchval(
                     "SELECT coalesce(max(id), 0) FROM breaker_resets"
                 )
+            db.keep_session_state(connection)
             await connection.add_listener(RESETS_CHANNEL, self._on_reset)
             try:
                 while not stopping.is_set():

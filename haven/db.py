@@ -43,6 +43,38 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     )
 
 
+class HavenConnection(asyncpg.Connection):
+    """A pooled connection that knows whether it carries session state.
+
+    asyncpg resets every connection it takes back into the pool with one
+    more round trip (``RESET ALL``, ``UNLISTEN *``, unlock advisory locks).
+    haven keeps no state in a session except where it says so with
+    :func:`keep_session_state`, so the pool skips that round trip for every
+    other connection: on the webhook path it was one in six.
+    """
+
+    _haven_session_state = False
+
+    def mark_session_state(self) -> None:
+        self._haven_session_state = True
+
+
+def keep_session_state(connection: asyncpg.Connection) -> None:
+    """Mark ``connection`` as carrying session state (a LISTEN, a SET, a
+    session lock), so that the pool resets it fully when it is released."""
+    mark = getattr(connection, "mark_session_state", None)
+    if mark is not None:
+        mark()
+
+
+async def _reset_connection(connection: asyncpg.Connection) -> None:
+    # asyncpg has already rolled back an open transaction and dropped the
+    # listener callbacks; what is left to undo lives in the server session.
+    if getattr(connection, "_haven_session_state", False):
+        await connection.execute(connection.get_reset_query())
+        connection._haven_session_state = False  # type: ignore[attr-defined]
+
+
 async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 10.0
 ) -> asyncpg.Pool:
@@ -55,6 +87,8 @@ async def create_pool(
             timeout=timeout_s,
             command_timeout=60,
             init=_init_connection,
+            reset=_reset_connection,
+            connection_class=HavenConnection,
         )
     except _UNAVAILABLE as exc:
         raise DatabaseUnavailableError(f"cannot reach PostgreSQL: {exc}") from exc

@@ -134,14 +134,23 @@ async def create(
     # together, and PostgreSQL absorbs only the target's conflict; the other
     # index would raise. A new row has no signer, so (signer, nonce) cannot
     # conflict, and any conflict left means the same intent.
+    # The history's first event is written by the same statement, only for
+    # a row that was inserted.
     row = await connection.fetchrow(
         """
-        INSERT INTO intents (id, partner, kind, source_key, wallet, amount_wei,
-                             rule_version, status, status_reason, request_id, ready_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                CASE WHEN $8 = 'ready' THEN now() END)
-        ON CONFLICT DO NOTHING
-        RETURNING *
+        WITH created AS (
+            INSERT INTO intents (id, partner, kind, source_key, wallet, amount_wei,
+                                 rule_version, status, status_reason, request_id,
+                                 ready_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                    CASE WHEN $8 = 'ready' THEN now() END)
+            ON CONFLICT DO NOTHING
+            RETURNING *
+        ), first_event AS (
+            INSERT INTO intent_events (intent_id, from_status, to_status, reason)
+            SELECT id, NULL, status, status_reason FROM created
+        )
+        SELECT * FROM created
         """,
         intent_id,
         partner,
@@ -158,7 +167,6 @@ async def create(
         existing = await get(connection, intent_id, for_update=True)
         assert existing is not None
         return existing, False
-    await _record_event(connection, intent_id, None, status, reason)
     return Intent.from_row(row), True
 
 

@@ -20,7 +20,7 @@ from aiohttp.typedefs import Handler
 from loguru import logger
 
 from haven import db, migrations
-from haven.listeners import correlation, jobs, operators, rules, webhooks
+from haven.listeners import access, correlation, jobs, operators, rules, webhooks
 from haven.listeners.backfill import Backfill, PartnerApi
 from haven.listeners.ratelimits import Limiter, RateLimits
 from haven.listeners.rules import RuleBook
@@ -188,6 +188,16 @@ async def serve(settings: Settings) -> None:
         await _close_pool(pool)
 
 
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The runner of ``app`` as `haven listen` serves it, with its access log."""
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=CUT_OFF_S,
+        access_log_class=access.AccessLog,
+    )
+
+
 async def _run_until_stopped(app: web.Application, host: str, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -196,7 +206,7 @@ async def _run_until_stopped(app: web.Application, host: str, port: int) -> None
 
     # The runner's own shutdown only cuts off what the drain below left:
     # it stops reading request bodies the moment it begins.
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=CUT_OFF_S)
+    runner = make_runner(app)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

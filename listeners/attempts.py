@@ -31,6 +31,9 @@ class Attempt:
     request_id: str
     remote_addr: str | None
     delivery_id: str | None = None
+    # Set once the row is committed, by the intake transaction of an
+    # accepted delivery, so that it is not written twice.
+    logged: bool = False
 
     @classmethod
     def begin(
@@ -47,28 +50,38 @@ class Attempt:
         return cls(partner, request_id, remote_addr)
 
 
+def columns(attempt: Attempt, answer: Answer) -> tuple[object, ...]:
+    """The values of the attempt's row, in the order of :data:`COLUMNS`."""
+    return (
+        attempt.partner,
+        attempt.delivery_id,
+        answer.status_code,
+        answer.outcome,
+        (answer.reason or "")[:MAX_REASON_LENGTH] or None,
+        attempt.remote_addr,
+        attempt.request_id,
+    )
+
+
+COLUMNS = "partner, delivery_id, status_code, outcome, reason, remote_addr, request_id"
+
+
 async def record(pool: asyncpg.Pool, attempt: Attempt, answer: Answer) -> None:
     """Write the attempt with its answer. Never raises for an unreachable database.
 
     The caller is answering the client either way, so a lost row is logged
-    as a warning rather than turned into an error.
+    as a warning rather than turned into an error. An attempt already
+    written by the intake transaction (``attempt.logged``) is not written
+    again.
     """
+    if attempt.logged:
+        return
     try:
         async with db.translate_errors():
             await pool.execute(
-                """
-                INSERT INTO webhook_attempts (partner, delivery_id, status_code,
-                                              outcome, reason, remote_addr,
-                                              request_id)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
-                """,
-                attempt.partner,
-                attempt.delivery_id,
-                answer.status_code,
-                answer.outcome,
-                (answer.reason or "")[:MAX_REASON_LENGTH] or None,
-                attempt.remote_addr,
-                attempt.request_id,
+                f"INSERT INTO webhook_attempts ({COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                *columns(attempt, answer),
             )
     except DatabaseUnavailableError:
         logger.warning(

@@ -126,7 +126,7 @@ async def claim(connection: asyncpg.Connection, delivery: Delivery) -> bool:
     A concurrent claim of the same id waits here until the first transaction
     ends, then returns False if it committed: exactly one claimant applies a
     delivery, the others read its answer. The placeholder answer is replaced
-    by :func:`record_answer` before the transaction commits.
+    by the intake's closing statement before the transaction commits.
     """
     claimed = await connection.fetchval(
         """
@@ -145,20 +145,6 @@ async def claim(connection: asyncpg.Connection, delivery: Delivery) -> bool:
         delivery.request_id,
     )
     return bool(claimed)
-
-
-async def record_answer(
-    connection: asyncpg.Connection, delivery: Delivery, answer: Answer
-) -> None:
-    """Store the answer of a claimed delivery, in the claiming transaction."""
-    await connection.execute(
-        "UPDATE webhook_deliveries SET status_code = $3, response = $4 "
-        "WHERE partner = $1 AND delivery_id = $2",
-        delivery.partner,
-        delivery.delivery_id,
-        answer.status_code,
-        answer.body,
-    )
 
 
 async def prune(pool: asyncpg.Pool, *, older_than_s: int = RETENTION_S) -> int:

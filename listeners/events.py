@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from haven.listeners.answers import FieldProblem, Rejection
 from haven.types import ZERO_ADDRESS, ChecksumAddress, Wei, checksum
 
@@ -495,36 +493,13 @@ def _is_storable_text(value: str) -> bool:
 # --- the partner_events table
 
 
-async def store(
-    connection: asyncpg.Connection,
-    event: Event,
-    *,
-    delivery_id: str,
-    outcome: str,
-    intent_id: bytes | None,
-    request_id: str | None,
-) -> None:
-    """Record one authentic event; a second record of the same delivery is ignored.
+def stored_payload(event: Event) -> Any:
+    """The event's payload as ``partner_events.payload`` stores it.
 
-    ``outcome`` is one of applied, parked, recorded or ignored. Runs inside
-    the caller's transaction.
+    The row itself is written by the intake's closing statement
+    (``listeners/intake.py``), with the delivery's answer and attempt.
     """
-    await connection.execute(
-        """
-        INSERT INTO partner_events (partner, delivery_id, event_type, occurred_at,
-                                    payload, outcome, intent_id, request_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-        ON CONFLICT (partner, delivery_id) DO NOTHING
-        """,
-        event.partner,
-        delivery_id,
-        event.type,
-        event.occurred_at,
-        _storable(event.payload),
-        outcome,
-        intent_id,
-        request_id,
-    )
+    return _storable(event.payload)
 
 
 def _storable(value: Any) -> Any:

@@ -2,9 +2,9 @@
 
 In that transaction the delivery id is claimed, the event's effect is
 applied (an intent created or moved, a stake recorded, or the event parked),
-the event is stored in ``partner_events`` and the answer is stored for
-replays. Either all of it commits or none of it does; nothing on this path
-calls a chain, a mail server or a partner.
+the event is stored in ``partner_events``, the answer is stored for replays
+and a webhook's attempt is logged. Either all of it commits or none of it
+does; nothing on this path calls a chain, a mail server or a partner.
 
 Two deliveries of one event under the same id are settled by the claim: one
 transaction applies it, the others wait for it and replay its answer. Two
@@ -19,10 +19,20 @@ import asyncpg
 from loguru import logger
 
 from haven import db, intents
-from haven.listeners import alerts, bookings, deliveries, effects, events, stakes
+from haven.listeners import (
+    alerts,
+    attempts,
+    bookings,
+    deliveries,
+    effects,
+    events,
+    stakes,
+)
 from haven.listeners.answers import Answer, Rejection, accepted
+from haven.listeners.attempts import Attempt
 from haven.listeners.deliveries import Delivery, StoredDelivery
 from haven.listeners.effects import Effect
+from haven.listeners.events import InvalidEventError
 from haven.listeners.rules import Reward, RuleBook
 from haven.types import intent_id_hex
 
@@ -48,14 +58,31 @@ async def recall(pool: asyncpg.Pool, delivery: Delivery) -> Answer | None:
 
 
 async def apply(
-    pool: asyncpg.Pool, rules: RuleBook, delivery: Delivery, event: events.Event
+    pool: asyncpg.Pool,
+    rules: RuleBook,
+    delivery: Delivery,
+    event: events.Event,
+    *,
+    attempt: Attempt | None = None,
 ) -> Answer:
     """Apply ``event`` once and return its answer; safe to call again and concurrently.
 
-    Raise InvalidEventError when the rules refuse a value of the event, and
-    DatabaseUnavailableError if PostgreSQL is down (nothing is then applied).
+    A delivery id seen before is answered as it was (or 409 for another
+    body), so callers need not :func:`recall` first. ``attempt``, when
+    given, is written in the same transaction as the answer and marked
+    ``logged``. Raise InvalidEventError when the rules refuse a value of a
+    new event, and DatabaseUnavailableError if PostgreSQL is down (nothing
+    is then applied).
     """
-    reward = rules.reward_for(event) if event.is_known else None
+    try:
+        reward = rules.reward_for(event) if event.is_known else None
+    except InvalidEventError:
+        # The rules may have changed since an earlier delivery of this id
+        # was accepted: that delivery is answered as it was.
+        known = await recall(pool, delivery)
+        if known is not None:
+            return known
+        raise
 
     async with db.transaction(pool) as connection:
         if not await deliveries.claim(connection, delivery):
@@ -66,10 +93,11 @@ async def apply(
             return await _settle_known(connection, stored, delivery)
 
         effect = await _effect(connection, event, reward, delivery)
-        await _store_event(connection, event, effect, delivery)
         answer = _answer(effect, event, delivery)
-        await deliveries.record_answer(connection, delivery, answer)
+        await _close(connection, event, effect, delivery, answer, attempt)
 
+    if attempt is not None:
+        attempt.logged = True
     _log(effect, event, delivery)
     return answer
 
@@ -129,19 +157,50 @@ async def _grant(
     return Effect(effects.DUPLICATE, intent)
 
 
-async def _store_event(
+# The closing statement of an applied delivery writes three tables in one
+# round trip: the event (``partner_events``, shaped by events.py), the answer
+# replacing the claim's placeholder (``webhook_deliveries``) and, for a
+# webhook, its attempt (``webhook_attempts``, shaped by attempts.py). It is
+# the busiest statement of the listener.
+_CLOSE = f"""
+WITH event AS (
+    INSERT INTO partner_events (partner, delivery_id, event_type, occurred_at,
+                                payload, outcome, intent_id, request_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    ON CONFLICT (partner, delivery_id) DO NOTHING
+), attempt AS (
+    INSERT INTO webhook_attempts ({attempts.COLUMNS})
+    SELECT $11::text, $12::text, $13::integer, $14::text, $15::text,
+           $16::text, $17::text
+     WHERE $11::text IS NOT NULL
+)
+UPDATE webhook_deliveries SET status_code = $9, response = $10
+ WHERE partner = $1 AND delivery_id = $2
+"""
+_NO_ATTEMPT = (None,) * 7
+
+
+async def _close(
     connection: asyncpg.Connection,
     event: events.Event,
     effect: Effect,
     delivery: Delivery,
+    answer: Answer,
+    attempt: Attempt | None,
 ) -> None:
-    await events.store(
-        connection,
-        event,
-        delivery_id=delivery.delivery_id,
-        outcome=effect.stored_outcome,
-        intent_id=effect.intent.id if effect.intent else None,
-        request_id=delivery.request_id,
+    await connection.execute(
+        _CLOSE,
+        delivery.partner,
+        delivery.delivery_id,
+        event.type,
+        event.occurred_at,
+        events.stored_payload(event),
+        effect.stored_outcome,
+        effect.intent.id if effect.intent else None,
+        delivery.request_id,
+        answer.status_code,
+        answer.body,
+        *(attempts.columns(attempt, answer) if attempt else _NO_ATTEMPT),
     )
 
 

@@ -133,17 +133,32 @@ async def _apply(
         request_id=attempt.request_id,
     )
 
-    # A known delivery id is settled before the body is judged: a retry of
-    # an accepted delivery is replayed, another body under it is a conflict.
+    if malformed is not None:
+        return await _known_or(receiver, delivery, malformed)
+    assert payload is not None
+    try:
+        event = events.read(attempt.partner, payload)
+    except Rejection as exc:
+        return await _known_or(receiver, delivery, exc)
+    # A known delivery id is settled by the intake's claim: a retry of an
+    # accepted delivery is replayed, another body under it is a conflict.
+    return await intake.apply(
+        receiver.pool, receiver.rules, delivery, event, attempt=attempt
+    )
+
+
+async def _known_or(
+    receiver: Receiver, delivery: Delivery, refusal: Rejection
+) -> Answer:
+    """Answer a known delivery id as before; refuse a new one with ``refusal``.
+
+    A delivery is judged by its id before its body: a body that no longer
+    reads as an event does not turn an accepted delivery into a refused one.
+    """
     known = await intake.recall(receiver.pool, delivery)
     if known is not None:
         return known
-    if malformed is not None:
-        raise malformed
-
-    assert payload is not None
-    event = events.read(attempt.partner, payload)
-    return await intake.apply(receiver.pool, receiver.rules, delivery, event)
+    raise refusal
 
 
 def _verifier(request: web.Request, receiver: Receiver) -> Verifier:

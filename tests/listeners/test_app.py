@@ -8,14 +8,16 @@ import signal
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from loguru import logger
 
 from harness.anvil import free_port
 from haven import db, intents, settings
 from haven.errors import SchemaOutdatedError
-from haven.listeners.app import create_app, serve
+from haven.listeners.app import create_app, make_runner, serve
 
 
 class Proxy:
@@ -229,3 +231,49 @@ async def test_routes_added_by_other_modules_share_the_request_id_and_errors(
     assert ok.status == 200 and ok_id
     assert failed.status == 500
     assert failed_body["error"]["code"] == "internal_error"
+
+
+async def test_every_answered_request_gets_one_structured_access_line(
+    listener_settings, redis_client
+):
+    lines: list[dict] = []
+    sink = logger.add(
+        lambda message: lines.append(orjson.loads(str(message))["record"]),
+        serialize=True,
+        level="INFO",
+    )
+    pool = await db.create_pool(listener_settings.database_url.reveal(), min_size=0)
+    runner = make_runner(create_app(listener_settings, pool, redis_client))
+    await runner.setup()
+    port = free_port()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/webhooks/aurora?x=1",
+                data=b"{}",
+                headers={"X-Request-Id": "req-access-0001", "User-Agent": "aurora/2"},
+            ) as refused,
+        ):
+            await refused.read()
+    finally:
+        await runner.cleanup()
+        await pool.close()
+        logger.remove(sink)
+
+    access = [r for r in lines if r["extra"].get("library") == "aiohttp.access"]
+    assert len(access) == 1
+    (line,) = access
+    assert line["message"] == f"POST /webhooks/aurora {refused.status}"
+    assert refused.status == 415
+    assert {
+        "method": "POST",
+        "path": "/webhooks/aurora",
+        "status_code": 415,
+        "remote_addr": "127.0.0.1",
+        "user_agent": "aurora/2",
+        "request_id": "req-access-0001",
+    }.items() <= line["extra"].items()
+    assert line["extra"]["body_bytes"] > 0
+    assert line["extra"]["duration_ms"] >= 0

@@ -116,3 +116,24 @@ async def test_a_request_that_fails_unexpectedly_is_logged_as_a_500(partner, con
     assert row["reason"].startswith("unexpected RaiseError")
     assert row["request_id"] == reply.headers["X-Request-Id"]
     assert await conn.fetchval("SELECT count(*) FROM intents") == 0
+
+
+async def test_an_accepted_delivery_commits_with_its_attempt(partner, conn):
+    body = partner.envelope("booking.confirmed", partner.booking("AUR-AT-TX"))
+
+    reply = await partner.send("aurora", body, delivery_id="msg_tx")
+
+    assert reply.status == 202
+    # One transaction wrote the claim, the intent, the event and the
+    # attempt: no accepted delivery is left without its attempt row.
+    transactions = await conn.fetch(
+        """
+        SELECT xmin::text FROM webhook_deliveries WHERE delivery_id = 'msg_tx'
+        UNION SELECT xmin::text FROM webhook_attempts WHERE delivery_id = 'msg_tx'
+        UNION SELECT xmin::text FROM partner_events WHERE delivery_id = 'msg_tx'
+        UNION SELECT xmin::text FROM intents
+        UNION SELECT xmin::text FROM intent_events
+        """
+    )
+    assert len(transactions) == 1
+    assert await conn.fetchval("SELECT count(*) FROM webhook_attempts") == 1

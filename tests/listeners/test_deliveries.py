@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from fractions import Fraction
 
 import asyncpg
 
 from haven import intents
-from haven.listeners import deliveries
+from haven.listeners import deliveries, rules
 from haven.types import Wei, checksum
 
 
@@ -261,3 +263,36 @@ async def _race_creations(
             )
 
     return await asyncio.gather(*(create(c) for c in connections))
+
+
+async def test_a_delivery_accepted_before_the_rules_changed_is_still_replayed(
+    start_listener, conn
+):
+    async with start_listener(rule_book=_with_usd()) as first:
+        confirmed_in_usd = first.partner.envelope(
+            "booking.confirmed", first.partner.booking("AUR-D-USD", currency="USD")
+        )
+        body = await first.partner.send(
+            "aurora", confirmed_in_usd, delivery_id="msg_usd"
+        )
+    # The packaged rules price no USD: a new delivery of this body is 422.
+    async with start_listener() as second:
+        again = await second.partner.send(
+            "aurora", confirmed_in_usd, delivery_id="msg_usd"
+        )
+        refused = await second.partner.send(
+            "aurora", confirmed_in_usd, delivery_id="msg_usd_new"
+        )
+
+    assert body.status == again.status == 202
+    assert again.body == body.body
+    assert again.headers[deliveries.REPLAY_HEADER] == "true"
+    assert (refused.status, refused.error_code) == (422, "invalid_event")
+    assert await conn.fetchval("SELECT count(*) FROM intents") == 1
+
+
+def _with_usd() -> rules.RuleBook:
+    packaged = rules.load()
+    return dataclasses.replace(
+        packaged, cad_per_unit={**packaged.cad_per_unit, "USD": Fraction(137, 100)}
+    )
