@@ -55,11 +55,15 @@ async def allocate(
     row lock taken here serialises allocations of one signer, and a rollback
     returns the nonce.
     """
-    row = await signers.get(conn, address, for_update=True)
-    if row is None or row.status not in statuses:
-        return None
-    await signers.set_next_nonce(conn, address, row.next_nonce + 1)
-    return row.next_nonce
+    # One statement: the UPDATE takes the row lock, and a signer in another
+    # status is left untouched.
+    taken = await conn.fetchval(
+        "UPDATE signers SET next_nonce = next_nonce + 1 "
+        "WHERE address = $1 AND status = ANY($2::text[]) RETURNING next_nonce - 1",
+        address,
+        list(statuses),
+    )
+    return Nonce(taken) if taken is not None else None
 
 
 async def skip_used(conn: asyncpg.Connection, address: str, latest: int) -> range:

@@ -103,13 +103,14 @@ class Policy:
         Must run in the transaction that signs it, which then calls
         :meth:`record_spend`: the advisory lock taken here lasts until commit.
         """
-        if await _is_approved(conn, intent.id):
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+        standing = await _standing(conn, intent)
+        if standing["approved"]:
             return None
         amount = intent.amount_wei
         if amount > self.caps.per_intent_wei:
             return _over_intent_cap(amount, self.caps.per_intent_wei)
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
-        partner_spent = await _spent(conn, intent.partner)
+        partner_spent = int(standing["partner_spent"])
         if partner_spent + amount > self.caps.partner_daily_wei:
             return _over_daily_cap(
                 f"{intent.partner} daily",
@@ -117,7 +118,7 @@ class Policy:
                 self.caps.partner_daily_wei,
                 partner_spent,
             )
-        total_spent = await _spent(conn, None)
+        total_spent = int(standing["total_spent"])
         if total_spent + amount > self.caps.global_daily_wei:
             return _over_daily_cap(
                 "global daily", amount, self.caps.global_daily_wei, total_spent
@@ -151,22 +152,24 @@ def _over_daily_cap(cap: str, amount: int, limit: int, spent: int) -> str:
     )
 
 
-async def _spent(conn: asyncpg.Connection, partner: str | None) -> int:
-    total = await conn.fetchval(
-        "SELECT coalesce(sum(amount_wei), 0) FROM policy_spend "
-        f"WHERE signed_at > now() - interval '{WINDOW}' "
-        "AND ($1::text IS NULL OR partner = $1)",
-        partner,
+async def _standing(conn: asyncpg.Connection, intent: Intent) -> asyncpg.Record:
+    """Whether ``intent`` is approved, and what its partner and everyone
+    signed in the window: one statement, as it runs for every signature."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT EXISTS (SELECT 1 FROM policy_approvals WHERE intent_id = $1)
+                   AS approved,
+               coalesce(sum(amount_wei) FILTER (WHERE partner = $2), 0)
+                   AS partner_spent,
+               coalesce(sum(amount_wei), 0) AS total_spent
+          FROM policy_spend
+         WHERE signed_at > now() - interval '{WINDOW}'
+        """,
+        intent.id,
+        intent.partner,
     )
-    return int(total)
-
-
-async def _is_approved(conn: asyncpg.Connection, intent_id: bytes) -> bool:
-    found: bool = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM policy_approvals WHERE intent_id = $1)",
-        intent_id,
-    )
-    return found
+    assert row is not None
+    return row
 
 
 async def approve(

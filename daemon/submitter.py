@@ -757,49 +757,60 @@ class Submitter:
         offer = fees.initial(await self._market(), max_fee_wei=self.rules.max_fee_wei)
         sent = 0
         while sent < capacity:
-            claimed = await self._allocate_one(signer, offer)
-            if claimed is None:
+            run = await self._allocate_run(signer, offer, capacity - sent)
+            if run is None:
                 break
-            intent, attempt = claimed
-            if attempt is None:  # set aside: no nonce taken
-                continue
-            sent += 1
-            with logs.correlated(intent.request_id):
-                outcome = await self._send(signer, attempt, view.head_block)
-            if outcome != ACCEPTED:
-                break
+            for intent, attempt in run:
+                sent += 1
+                with logs.correlated(intent.request_id):
+                    outcome = await self._send(signer, attempt, view.head_block)
+                if outcome != ACCEPTED:
+                    # The rest of the run stays signed and unsent; tending
+                    # sends it in nonce order once this nonce is sorted out.
+                    return sent
         return sent
 
-    async def _allocate_one(
-        self, signer: custody.Signer, offer: Fees
-    ) -> tuple[Intent, Attempt | None] | None:
-        """Sign the oldest ready intent at the signer's next nonce, or set it aside.
+    async def _allocate_run(
+        self, signer: custody.Signer, offer: Fees, limit: int
+    ) -> list[tuple[Intent, Attempt]] | None:
+        """Claim up to ``limit`` ready intents in one transaction and sign them.
 
-        Returns the intent claimed and its attempt — None when the intent was
-        set aside without taking a nonce (held for approval, or already
-        minted) — or None when there is nothing (more) to sign.
+        Each takes the signer's next nonce in turn, oldest intent first, or
+        is set aside without one (held for approval, or already minted).
+        Returns the signed intents with their attempts in nonce order — empty
+        when every claimed intent was set aside — or None when nothing was
+        ready. One transaction for the run spares each mint its own commit,
+        signer lock and lease fence; a failure rolls back the whole run, and
+        its intents are claimed again by the next cycle.
         """
         address = signer.address
+        signed: list[tuple[Intent, Attempt]] = []
+        claimed = 0
         async with db.transaction(self.pool) as conn:
             row = await signers.get(conn, address, for_update=True)
             await self._fence(conn, address)
             if row is None or row.status != signers.ACTIVE:
                 return None
-            intent = await intents.claim_ready(conn)
-            if intent is None:
-                return None
+            while claimed < limit:
+                intent = await intents.claim_ready(conn)
+                if intent is None:
+                    break
+                claimed += 1
+                with logs.correlated(intent.request_id):
+                    attempt = await self._sign_or_set_aside(conn, signer, intent, offer)
+                if attempt is not None:
+                    signed.append((intent, attempt))
+        if claimed == 0:
+            return None
+        for intent, attempt in signed:
             with logs.correlated(intent.request_id):
-                attempt = await self._sign_or_set_aside(conn, signer, intent, offer)
-        if attempt is None:
-            return intent, None
-        with logs.correlated(intent.request_id):
-            _log(attempt).info(
-                "tx signed",
-                max_fee_wei=offer.max_fee_wei,
-                max_priority_fee_wei=offer.max_priority_fee_wei,
-            )
+                _log(attempt).info(
+                    "tx signed",
+                    max_fee_wei=offer.max_fee_wei,
+                    max_priority_fee_wei=offer.max_priority_fee_wei,
+                )
         self.crash.hit("after_commit")
-        return intent, attempt
+        return signed
 
     async def _sign_or_set_aside(
         self,

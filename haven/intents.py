@@ -207,15 +207,24 @@ async def transition(
     previous = await connection.fetchval(
         "SELECT status FROM intents WHERE id = $1 FOR UPDATE", intent_id
     )
+    # The row is locked now, so ``previous`` stays true until the update,
+    # which writes the history event in the same statement.
+    values.append(previous)
     row = await connection.fetchrow(
-        f"UPDATE intents SET {', '.join(assignments)} "
-        "WHERE id = $1 AND status = ANY($2::text[]) RETURNING *",
+        f"""
+        WITH updated AS (
+            UPDATE intents SET {", ".join(assignments)}
+             WHERE id = $1 AND status = ANY($2::text[])
+            RETURNING *
+        ), event AS (
+            INSERT INTO intent_events (intent_id, from_status, to_status, reason)
+            SELECT id, ${len(values)}::text, status, $4 FROM updated
+        )
+        SELECT * FROM updated
+        """,
         *values,
     )
-    if row is None:
-        return None
-    await _record_event(connection, intent_id, previous, to_status, reason)
-    return Intent.from_row(row)
+    return Intent.from_row(row) if row is not None else None
 
 
 _SETTABLE = {
