@@ -178,6 +178,19 @@ async def at_nonce(
     return [Attempt.from_row(row) for row in rows]
 
 
+async def at_nonces(
+    connection: asyncpg.Connection, signer: str, nonces: list[Nonce]
+) -> list[Attempt]:
+    """Return every attempt signed at any of ``nonces`` of ``signer``, by nonce."""
+    rows = await connection.fetch(
+        "SELECT * FROM tx_attempts WHERE signer = $1 AND nonce = ANY($2::bigint[]) "
+        "ORDER BY nonce, id",
+        signer,
+        nonces,
+    )
+    return [Attempt.from_row(row) for row in rows]
+
+
 async def live(
     connection: asyncpg.Connection, signer: str | None = None
 ) -> list[Attempt]:

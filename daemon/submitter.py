@@ -124,6 +124,10 @@ _BUSY_REFUSALS = frozenset({chain.POOL_FULL, chain.RATE_LIMITED})
 
 SignerLoader = Callable[[str], Awaitable[custody.Signer]]
 
+# Reads asked of the node at once (receipts, minted flags): enough to hide
+# its latency, few enough for a rate-limited provider.
+READS_AT_ONCE = 8
+
 
 class CrashPoints:
     """SIGKILL this process at a named step of the send path (test hook)."""
@@ -466,28 +470,54 @@ class Submitter:
             used = await attempts.unresolved_below(
                 conn, signer.address, view.latest, limit=self.options.settle_batch
             )
-        for nonce in used:
-            await self._resolve(signer, nonce)
+        await self._resolve(signer, used)
 
-    async def _resolve(self, signer: custody.Signer, nonce: Nonce) -> None:
-        """Find which of our attempts used ``nonce``; re-assign if none did."""
+    async def _resolve(self, signer: custody.Signer, used: list[Nonce]) -> None:
+        """Find which of our attempts used each of ``used``; re-assign if none did."""
+        if not used:
+            return
         async with self._conn() as conn:
-            group = await attempts.at_nonce(conn, signer.address, nonce)
+            found = await attempts.at_nonces(conn, signer.address, used)
             request_ids = await intents.request_ids(
-                conn, _distinct(a.intent_id for a in group)
+                conn, _distinct(a.intent_id for a in found)
             )
-        for attempt in reversed(group):
-            receipt = await self._rpc(self.chain.get_receipt, attempt.tx_hash)
-            if receipt is not None:
-                with logs.correlated(request_ids.get(attempt.intent_id)):
-                    await self._saw_receipt(attempt, receipt)
-                return
-        for intent_id in _distinct(a.intent_id for a in group if a.is_live):
-            if await self._is_minted(intent_id):
-                # Minted, yet none of our receipts found: a node whose receipt
-                # index lags. Look again next cycle; never move a paid intent.
+        groups: dict[int, list[Attempt]] = {nonce: [] for nonce in used}
+        for attempt in found:
+            groups[attempt.nonce].append(attempt)
+        # Most used nonces hold one attempt, mined: their receipts are asked
+        # for together rather than one round trip after another.
+        receipts = await self._receipts(
+            [a.tx_hash for group in groups.values() for a in group]
+        )
+        for nonce in used:
+            group = groups[nonce]
+            mined = next((a for a in reversed(group) if receipts[a.tx_hash]), None)
+            if mined is not None:
+                with logs.correlated(request_ids.get(mined.intent_id)):
+                    await self._saw_receipt(mined, receipts[mined.tx_hash])
                 continue
-            await self._reassign(signer, intent_id, nonce)
+            for intent_id in _distinct(a.intent_id for a in group if a.is_live):
+                if await self._is_minted(intent_id):
+                    # Minted, yet none of our receipts found: a node whose
+                    # receipt index lags. Look again next cycle; never move
+                    # a paid intent.
+                    continue
+                await self._reassign(signer, intent_id, nonce)
+
+    async def _receipts(self, tx_hashes: list[str]) -> dict[str, dict[str, Any] | None]:
+        """Ask the node for the receipts of ``tx_hashes``, a few at a time."""
+        limit = asyncio.Semaphore(READS_AT_ONCE)
+
+        async def one(tx_hash: str) -> dict[str, Any] | None:
+            async with limit:
+                receipt: dict[str, Any] | None = await self._rpc(
+                    self.chain.get_receipt, tx_hash
+                )
+                return receipt
+
+        async with asyncio.TaskGroup() as group:
+            tasks = {h: group.create_task(one(h)) for h in dict.fromkeys(tx_hashes)}
+        return {tx_hash: task.result() for tx_hash, task in tasks.items()}
 
     async def _saw_receipt(self, attempt: Attempt, receipt: dict[str, Any]) -> None:
         block = from_hex(receipt["blockNumber"])
@@ -785,22 +815,21 @@ class Submitter:
         """
         address = signer.address
         signed: list[tuple[Intent, Attempt]] = []
-        claimed = 0
         async with db.transaction(self.pool) as conn:
             row = await signers.get(conn, address, for_update=True)
             await self._fence(conn, address)
             if row is None or row.status != signers.ACTIVE:
                 return None
-            while claimed < limit:
-                intent = await intents.claim_ready(conn)
-                if intent is None:
-                    break
-                claimed += 1
+            claimed = await intents.claim_ready_batch(conn, limit)
+            minted = await self._minted_among([intent.id for intent in claimed])
+            for intent in claimed:
                 with logs.correlated(intent.request_id):
-                    attempt = await self._sign_or_set_aside(conn, signer, intent, offer)
+                    attempt = await self._sign_or_set_aside(
+                        conn, signer, intent, offer, minted=intent.id in minted
+                    )
                 if attempt is not None:
                     signed.append((intent, attempt))
-        if claimed == 0:
+        if not claimed:
             return None
         for intent, attempt in signed:
             with logs.correlated(intent.request_id):
@@ -820,8 +849,15 @@ class Submitter:
         offer: Fees,
         *,
         nonce: Nonce | None = None,
+        minted: bool | None = None,
     ) -> Attempt | None:
-        if await self._is_minted(intent.id):
+        """Sign ``intent`` unless the chain shows it minted or the policy holds it.
+
+        ``minted`` is what the caller already asked the chain; None asks now.
+        """
+        if minted is None:
+            minted = await self._is_minted(intent.id)
+        if minted:
             await self._adopt(conn, intent)
             return None
         if await self._hold(conn, intent):
@@ -1011,7 +1047,7 @@ class Submitter:
             ) from exc
         if kind == chain.NONCE_TOO_LOW:
             log.info("nonce already used on chain; looking up receipts at the nonce")
-            await self._resolve(signer, attempt.nonce)
+            await self._resolve(signer, [attempt.nonce])
             return CONSUMED
         if kind in stuck.PRICE_REFUSALS:
             log.warning("tx refused for its price; re-pricing it")
@@ -1090,6 +1126,18 @@ class Submitter:
             token.is_minted_data(IntentId(intent_id)),
         )
         return token.decode_bool(data)
+
+    async def _minted_among(self, intent_ids: list[bytes]) -> set[bytes]:
+        """Return which of ``intent_ids`` the token shows minted, asked together."""
+        limit = asyncio.Semaphore(READS_AT_ONCE)
+
+        async def one(intent_id: bytes) -> bool:
+            async with limit:
+                return await self._is_minted(intent_id)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = {i: group.create_task(one(i)) for i in intent_ids}
+        return {intent_id for intent_id, task in tasks.items() if task.result()}
 
     async def _attempts_at(self, address: str, nonce: Nonce) -> list[Attempt]:
         async with self._conn() as conn:

@@ -316,6 +316,19 @@ async def claim_ready(connection: asyncpg.Connection) -> Intent | None:
     return Intent.from_row(row) if row is not None else None
 
 
+async def claim_ready_batch(connection: asyncpg.Connection, limit: int) -> list[Intent]:
+    """Lock and return up to ``limit`` of the oldest ready intents, oldest first.
+
+    Like :func:`claim_ready`, for a run of signatures in one transaction.
+    """
+    rows = await connection.fetch(
+        "SELECT * FROM intents WHERE status = 'ready' "
+        "ORDER BY ready_at NULLS LAST, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    return [Intent.from_row(row) for row in rows]
+
+
 async def request_ids(
     connection: asyncpg.Connection, intent_ids: list[bytes]
 ) -> dict[bytes, str]:
