@@ -172,6 +172,9 @@ class SubmitterOptions:
     breaker_failures: int = 3
     breaker_reset_s: float = 5.0
     rpc_attempts: int = 3
+    # Intents signed per transaction; the next run is signed while this one
+    # is broadcast.
+    run_size: int = 4
     settle_batch: int = 64
 
     @classmethod
@@ -786,19 +789,50 @@ class Submitter:
                 return 0
         offer = fees.initial(await self._market(), max_fee_wei=self.rules.max_fee_wei)
         sent = 0
-        while sent < capacity:
-            run = await self._allocate_run(signer, offer, capacity - sent)
-            if run is None:
-                break
-            for intent, attempt in run:
-                sent += 1
-                with logs.correlated(intent.request_id):
-                    outcome = await self._send(signer, attempt, view.head_block)
-                if outcome != ACCEPTED:
-                    # The rest of the run stays signed and unsent; tending
-                    # sends it in nonce order once this nonce is sorted out.
-                    return sent
+        # Each run is signed while the run before it is broadcast: signing a
+        # run costs about what its sends wait for. Broadcasts stay in nonce
+        # order, one run after the other.
+        sending: asyncio.Task[bool] | None = None
+        try:
+            while sent < capacity:
+                run = await self._allocate_run(
+                    signer, offer, min(self.options.run_size, capacity - sent)
+                )
+                if sending is not None:
+                    broadcast, sending = sending, None
+                    if not await broadcast:
+                        # This run stays signed and unsent; tending sends it
+                        # in nonce order once the refusal is sorted out.
+                        break
+                if run is None:
+                    break
+                sent += len(run)
+                sending = asyncio.create_task(
+                    self._broadcast(signer, run, view.head_block)
+                )
+            if sending is not None:
+                broadcast, sending = sending, None
+                await broadcast
+        finally:
+            if sending is not None:
+                # A run failed to sign: the sends already under way finish.
+                await asyncio.gather(sending, return_exceptions=True)
         return sent
+
+    async def _broadcast(
+        self, signer: custody.Signer, run: list[tuple[Intent, Attempt]], head: int
+    ) -> bool:
+        """Send a signed run in nonce order; False once a send is not accepted.
+
+        What follows a refused send stays signed and unsent, for tending to
+        send in nonce order once the refusal is sorted out.
+        """
+        for intent, attempt in run:
+            with logs.correlated(intent.request_id):
+                outcome = await self._send(signer, attempt, head)
+            if outcome != ACCEPTED:
+                return False
+        return True
 
     async def _allocate_run(
         self, signer: custody.Signer, offer: Fees, limit: int
