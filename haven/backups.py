@@ -599,6 +599,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """Say what is wrong with parsed ``haven backup`` arguments, or None."""
+    if args.backup_command == "backup" and args.file and args.action != "verify":
+        return (
+            f"FILE is taken by verify only; {args.action} works on --dir "
+            f"(got {args.file})"
+        )
+    return None
+
+
 def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``haven restore FILE [--force]``."""
     parser.set_defaults(backup_command="restore")
@@ -615,7 +625,8 @@ def _add_directory(parser: argparse.ArgumentParser) -> None:
         "--dir",
         type=Path,
         default=DEFAULT_DIR,
-        help=f"directory holding the backups (default {DEFAULT_DIR})",
+        help=f"directory holding the backups, created with its parents if "
+        f"missing (default {DEFAULT_DIR})",
     )
 
 

@@ -141,6 +141,22 @@ def _wei(text: str) -> int:
     return value
 
 
+def _parse(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> argparse.Namespace:
+    """Parse ``argv``; a mistake in a command's arguments is told with that
+    command's usage, not the top-level one (exit 2)."""
+    from haven import backups
+
+    args, extra = parser.parse_known_args(argv)
+    command: argparse.ArgumentParser = args.parser
+    if extra:
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "backup" and (problem := backups.argument_problem(args)):
+        command.error(problem)
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="haven",
@@ -152,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
         sub = commands.add_parser(name, help=text, description=text)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, parser=sub)
         return sub
 
     add(
@@ -208,7 +224,7 @@ def _add_late_arguments(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``haven`` command; return its exit code."""
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     try:
         return int(args.handler(args))
     except ConfigError as exc:

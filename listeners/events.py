@@ -128,7 +128,21 @@ class Event:
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
-    """Parse a UTF-8 JSON object; raise a 400 Rejection if it is not one.
+    """Parse a webhook body, a UTF-8 JSON object, with :func:`load_json`.
+
+    Raise a 400 Rejection if it is not JSON, InvalidEventError (422) if it
+    is JSON but not an object.
+    """
+    document = load_json(body)
+    if not isinstance(document, dict):
+        raise InvalidEventError(
+            [{"path": "$", "message": "expected a JSON object (the envelope)"}]
+        )
+    return document
+
+
+def load_json(body: bytes) -> Any:
+    """Parse UTF-8 JSON strictly; raise a 400 Rejection (``malformed_json``) if not.
 
     Integers keep every digit (amounts in wei exceed 64 bits). Duplicate
     keys, NaN and Infinity are refused: readers disagree about them. So are
@@ -142,7 +156,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
         )
     try:
         text = body.decode("utf-8")
-        document = json.loads(
+        return json.loads(
             text,
             object_pairs_hook=_unique_keys,
             parse_constant=_refuse_constant,
@@ -155,11 +169,6 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise Rejection(
             400, "malformed_json", f"the body is not valid UTF-8 JSON: {_brief(exc)}"
         ) from exc
-    if not isinstance(document, dict):
-        raise InvalidEventError(
-            [{"path": "$", "message": "expected a JSON object (the envelope)"}]
-        )
-    return document
 
 
 def _nests_deeper_than(body: bytes, limit: int) -> bool:
@@ -221,6 +230,19 @@ def _finite_float(text: str) -> float:
     return number
 
 
+def _abridged(value: int, keep: int = 12) -> str:
+    """``value`` in digits, or its first digits and length when it is long.
+
+    A number of thousands of digits is told about, not echoed into answers
+    and logs.
+    """
+    digits = str(abs(value))
+    if len(digits) <= 2 * keep:
+        return str(value)
+    sign = "-" if value < 0 else ""
+    return f"{sign}{digits[:keep]}... ({len(digits)} digits)"
+
+
 def _brief(exc: BaseException) -> str:
     if isinstance(exc, RecursionError):
         return "nested too deeply"
@@ -271,7 +293,10 @@ class Reader:
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(path, f"expected an integer from {low} to {high}")
         elif not low <= value <= high:
-            self.fail(path, f"expected an integer from {low} to {high}, got {value}")
+            self.fail(
+                path,
+                f"expected an integer from {low} to {high}, got {_abridged(value)}",
+            )
         else:
             return value
         return 0

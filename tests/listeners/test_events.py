@@ -244,3 +244,20 @@ def test_nesting_is_limited_whatever_the_recursion_limit():
     assert events.parse_body(brackets_in_strings) == {"a": "[" * 100 + '"{'}
     with pytest.raises(Rejection, match="deeper than"):
         events.parse_body(too_deep)
+
+
+def test_an_out_of_range_integer_of_thousands_of_digits_is_not_echoed():
+    data = {
+        "booking_id": "B",
+        "guest_id": "G",
+        "wallet": WALLET,
+        "total_paid_cents": 45000,
+        "currency": "CAD",
+        "nights": int("7" * 4300),
+    }
+
+    ((path, message),) = problems("aurora", envelope("booking.confirmed", data))
+
+    assert path == "data.nights"
+    assert message.endswith("got 777777777777... (4300 digits)")
+    assert len(message) < 100

@@ -187,12 +187,21 @@ async def test_bodies_that_are_not_json_objects_are_refused_without_a_500(
     not_json = await client.post(
         path, data=b"note=x", headers={"Content-Type": "text/plain"}
     )
+    # Readers disagree on which of two equal keys counts: refused, as in
+    # webhooks.
+    twice = await client.post(
+        path,
+        data=b'{"note": "approved", "note": "rejected"}',
+        headers={"Content-Type": "application/json"},
+    )
     array = await client.post(path, json=[1])
     unknown = await client.post(path, json={"note": "ok", "force": True})
     control = await client.post(path, json={"note": "a\u0000b"})
     huge = await client.post(path, json={"note": "x" * 20_000}, key=ADMIN_KEY)
 
     assert (malformed.status, malformed.error_code) == (400, "malformed_json")
+    assert (twice.status, twice.error_code) == (400, "malformed_json")
+    assert "duplicate key 'note'" in twice.body["error"]["message"]
     assert (not_json.status, not_json.error_code) == (415, "unsupported_media_type")
     assert (array.status, unknown.status, control.status) == (422, 422, 422)
     assert (huge.status, huge.error_code) == (413, "payload_too_large")
