@@ -297,16 +297,24 @@ async def note_refusal(
     )
 
 
-async def note_receipt(
-    connection: asyncpg.Connection, tx_hash: TxHash, *, block_number: int, status: int
+async def note_receipts(
+    connection: asyncpg.Connection, seen: list[tuple[TxHash, int, int]]
 ) -> None:
-    """Record a receipt the submitter saw (an observation, not a settlement)."""
+    """Record receipts the submitter saw, as ``(tx_hash, block_number, status)``.
+
+    Observations, not settlements: the tailer settles at depth.
+    """
     await connection.execute(
-        "UPDATE tx_attempts SET receipt_block = $2, receipt_status = $3 "
-        "WHERE tx_hash = $1",
-        _hash_bytes(tx_hash),
-        block_number,
-        status,
+        """
+        UPDATE tx_attempts AS a
+           SET receipt_block = seen.block_number, receipt_status = seen.status
+          FROM unnest($1::bytea[], $2::bigint[], $3::integer[])
+               AS seen (tx_hash, block_number, status)
+         WHERE a.tx_hash = seen.tx_hash
+        """,
+        [_hash_bytes(tx_hash) for tx_hash, _, _ in seen],
+        [block for _, block, _ in seen],
+        [status for _, _, status in seen],
     )
 
 

@@ -492,13 +492,19 @@ class Submitter:
         receipts = await self._receipts(
             [a.tx_hash for group in groups.values() for a in group]
         )
+        seen: list[tuple[Attempt, dict[str, Any]]] = []
+        unused: list[tuple[Nonce, list[Attempt]]] = []
         for nonce in used:
             group = groups[nonce]
             mined = next((a for a in reversed(group) if receipts[a.tx_hash]), None)
             if mined is not None:
-                with logs.correlated(request_ids.get(mined.intent_id)):
-                    await self._saw_receipt(mined, receipts[mined.tx_hash])
-                continue
+                receipt = receipts[mined.tx_hash]
+                assert receipt is not None
+                seen.append((mined, receipt))
+            else:
+                unused.append((nonce, group))
+        await self._saw_receipts(seen, request_ids)
+        for nonce, group in unused:
             for intent_id in _distinct(a.intent_id for a in group if a.is_live):
                 if await self._is_minted(intent_id):
                     # Minted, yet none of our receipts found: a node whose
@@ -522,23 +528,36 @@ class Submitter:
             tasks = {h: group.create_task(one(h)) for h in dict.fromkeys(tx_hashes)}
         return {tx_hash: task.result() for tx_hash, task in tasks.items()}
 
-    async def _saw_receipt(self, attempt: Attempt, receipt: dict[str, Any]) -> None:
-        block = from_hex(receipt["blockNumber"])
-        status = from_hex(receipt.get("status", "0x1"))
+    async def _saw_receipts(
+        self,
+        seen: list[tuple[Attempt, dict[str, Any]]],
+        request_ids: dict[bytes, str],
+    ) -> None:
+        """Record the receipts found for used nonces, in one statement."""
+        if not seen:
+            return
+        noted = [
+            (
+                attempt,
+                from_hex(receipt["blockNumber"]),
+                from_hex(receipt.get("status", "0x1")),
+            )
+            for attempt, receipt in seen
+        ]
         self.crash.hit("after_receipt")
         await asyncio.shield(
             self._write(
-                attempts.note_receipt,
-                attempt.tx_hash,
-                block_number=block,
-                status=status,
+                attempts.note_receipts,
+                [(attempt.tx_hash, block, status) for attempt, block, status in noted],
             )
         )
-        log = _log(attempt).bind(block_number=block)
-        if status == 1:
-            log.info("tx mined")
-        else:
-            log.warning("tx reverted; the tailer fails the intent at depth")
+        for attempt, block, status in noted:
+            with logs.correlated(request_ids.get(attempt.intent_id)):
+                log = _log(attempt).bind(block_number=block)
+                if status == 1:
+                    log.info("tx mined")
+                else:
+                    log.warning("tx reverted; the tailer fails the intent at depth")
 
     async def _reassign(
         self, signer: custody.Signer, intent_id: bytes, old: Nonce
