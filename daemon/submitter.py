@@ -17,9 +17,11 @@ daemon holds (one daemon per signer, see :class:`Submitter`), in this order:
    refilled, never left as a gap) and re-price stuck ones (see stuck.py);
 5. allocate — only after 1–4 went through, so a restarted daemon reconciles
    each signer with the chain before any new work; only for active signers;
-   up to ``max_in_flight`` unmined nonces. Each intent is signed and its
-   attempt, nonce and status committed in one transaction *before* the send.
-   An intent the contract already counts as minted (a restored database) is
+   up to ``max_in_flight`` unmined nonces. Intents are signed in runs of a
+   few: a run's attempts, nonces and statuses are committed in one
+   transaction *before* any of its sends, and the next run is signed while
+   this one is broadcast, runs one after the other in nonce order. An
+   intent the contract already counts as minted (a restored database) is
    never signed again: its mint is adopted, or held with an alert.
 
 What keeps money safe: a nonce is only taken in the transaction that stores
@@ -33,9 +35,9 @@ to ``<point>`` or ``<point>:<n>``, the process SIGKILLs itself on the n-th
 time it reaches the point:
 
 * ``after_allocate`` — nonce taken, attempt recorded, not yet committed;
-* ``after_commit``   — the signed attempt committed, not yet sent;
+* ``after_commit``   — a run of signed attempts committed, none yet sent;
 * ``after_send``     — a node accepted the bytes, not yet recorded;
-* ``after_receipt``  — a receipt of ours seen, not yet recorded;
+* ``after_receipt``  — receipts of ours seen, not yet recorded;
 * ``after_bump``     — a replacement committed, not yet sent.
 """
 
