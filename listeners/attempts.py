@@ -50,6 +50,10 @@ class Attempt:
         return cls(partner, request_id, remote_addr)
 
 
+# The columns of an attempt row, in the order :func:`columns` gives values.
+COLUMNS = "partner, delivery_id, status_code, outcome, reason, remote_addr, request_id"
+
+
 def columns(attempt: Attempt, answer: Answer) -> tuple[object, ...]:
     """The values of the attempt's row, in the order of :data:`COLUMNS`."""
     return (
@@ -61,9 +65,6 @@ def columns(attempt: Attempt, answer: Answer) -> tuple[object, ...]:
         attempt.remote_addr,
         attempt.request_id,
     )
-
-
-COLUMNS = "partner, delivery_id, status_code, outcome, reason, remote_addr, request_id"
 
 
 async def record(pool: asyncpg.Pool, attempt: Attempt, answer: Answer) -> None:
