@@ -840,6 +840,10 @@ class Submitter:
                 await asyncio.gather(sending, return_exceptions=True)
         return sent
 
+    # TODO: date each send by the head when the node took it, not the head the
+    # cycle began with — on a dev chain that mines each transaction as it
+    # comes, the last of a burst the node leaves pending is bumped as stuck
+    # (a replacement at the same nonce, one extra fee offer) though it is not.
     async def _broadcast(
         self, signer: custody.Signer, run: list[tuple[Intent, Attempt]], head: int
     ) -> bool:

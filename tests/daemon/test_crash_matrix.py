@@ -93,7 +93,12 @@ async def test_killed_at_every_step_each_intent_is_minted_exactly_once(
 
     await rig.assert_paid_once(ids)
     for intent_id in ids:
-        assert len(await rig.attempts_of(intent_id)) == 1, f"seed {seed}"
+        # No crash makes the daemon sign an intent again at another nonce.
+        # A replacement at the same nonce may happen: anvil's automine can
+        # leave the last of a burst of sends pending until another
+        # transaction arrives, and the submitter then bumps it as stuck.
+        tried = await rig.attempts_of(intent_id)
+        assert len({a.nonce for a in tried}) == 1, f"seed {seed}"
 
 
 async def test_killed_between_a_bump_and_its_send_the_bump_is_superseded_not_lost(
