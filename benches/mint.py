@@ -133,5 +133,6 @@ async def measure(context: Context) -> Figure:
 def _summary(run: Mapping[str, Any]) -> dict[str, float]:
     return {
         "elapsed_s": round(run["elapsed_s"], 3),
+        "cpu_s": round(run["cpu_s"], 3),
         "peak_rss_mb": round(run["peak_rss_mb"], 1),
     }

@@ -54,17 +54,22 @@ async def mint_with_daemon(spec: Mapping[str, Any]) -> dict[str, Any]:
     stopping = asyncio.Event()
     watcher = await db.create_pool(loaded.database_url.reveal(), max_size=1)
     try:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), services.cpu_s()
         daemon = asyncio.create_task(
             service.run(loaded, components=_components, stopping=stopping, grace_s=10)
         )
         await _wait_confirmed(watcher, count, daemon)
         elapsed_s = time.perf_counter() - started
+        cpu_used_s = services.cpu_s() - cpu_started
         stopping.set()
         await daemon
     finally:
         await watcher.close()
-    return {"elapsed_s": elapsed_s, "peak_rss_mb": services.peak_rss_mb()}
+    return {
+        "elapsed_s": elapsed_s,
+        "cpu_s": cpu_used_s,
+        "peak_rss_mb": services.peak_rss_mb(),
+    }
 
 
 async def _wait_confirmed(
@@ -115,7 +120,7 @@ async def mint_with_baseline(spec: Mapping[str, Any]) -> dict[str, Any]:
     async with ChainClient([spec["rpc_url"]], chain_id=int(spec["chain_id"])) as chain:
         first_nonce = await chain.get_transaction_count(sender, "pending")
         signed = presign(spec, first_nonce)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), services.cpu_s()
         hashes: list[str] = []
         for raw in signed:
             if len(hashes) >= in_flight:
@@ -123,10 +128,15 @@ async def mint_with_baseline(spec: Mapping[str, Any]) -> dict[str, Any]:
             hashes.append(await chain.send_raw_transaction(raw))
         await _mined(chain, hashes[-1])
         elapsed_s = time.perf_counter() - started
+        cpu_used_s = services.cpu_s() - cpu_started
         mined = await chain.get_transaction_count(sender, "latest")
     if mined != first_nonce + len(signed):
         raise services.WorkerError(f"{mined - first_nonce} of {len(signed)} mined")
-    return {"elapsed_s": elapsed_s, "peak_rss_mb": services.peak_rss_mb()}
+    return {
+        "elapsed_s": elapsed_s,
+        "cpu_s": cpu_used_s,
+        "peak_rss_mb": services.peak_rss_mb(),
+    }
 
 
 async def _mined(chain: ChainClient, tx_hash: str) -> None:

@@ -158,6 +158,12 @@ def answer(result: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def cpu_s() -> float:
+    """Return the CPU seconds (user and system) this process has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     """Return the peak resident memory of this process so far, in MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
