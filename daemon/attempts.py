@@ -19,6 +19,7 @@ a receipt the submitter saw. Observations never settle anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -91,6 +92,20 @@ def _hash_bytes(tx_hash: str) -> bytes:
     return bytes.fromhex(tx_hash[2:] if tx_hash.startswith("0x") else tx_hash)
 
 
+@dataclass(frozen=True)
+class Draft:
+    """A signed transaction not yet stored: what :func:`record_all` writes."""
+
+    intent_id: bytes
+    signer: str
+    nonce: Nonce
+    tx_hash: TxHash
+    raw_tx: bytes
+    max_fee_wei: Wei
+    max_priority_fee_wei: Wei
+    gas_limit: int
+
+
 async def record(
     connection: asyncpg.Connection,
     *,
@@ -104,29 +119,60 @@ async def record(
     gas_limit: int,
 ) -> Attempt:
     """Store a signed transaction before it is sent; run in the caller's transaction."""
-    row = await connection.fetchrow(
-        """
-        INSERT INTO tx_attempts (intent_id, signer, nonce, tx_hash, raw_tx,
-                                 max_fee_wei, max_priority_fee_wei, gas_limit, status)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'signed')
-        RETURNING *
-        """,
+    draft = Draft(
         intent_id,
         signer,
         nonce,
-        _hash_bytes(tx_hash),
+        tx_hash,
         raw_tx,
         max_fee_wei,
         max_priority_fee_wei,
         gas_limit,
     )
-    return Attempt.from_row(row)
+    [attempt] = await record_all(connection, [draft])
+    return attempt
+
+
+async def record_all(
+    connection: asyncpg.Connection, drafts: Sequence[Draft]
+) -> list[Attempt]:
+    """Store signed transactions in one statement; return them in ``drafts``' order.
+
+    Run in the transaction that takes their nonces: nothing is sent that is
+    not committed.
+    """
+    rows = await connection.fetch(
+        """
+        INSERT INTO tx_attempts (intent_id, signer, nonce, tx_hash, raw_tx,
+                                 max_fee_wei, max_priority_fee_wei, gas_limit, status)
+        SELECT intent_id, signer, nonce, tx_hash, raw_tx,
+               max_fee_wei, max_priority_fee_wei, gas_limit, 'signed'
+          FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::bytea[],
+                      $5::bytea[], $6::numeric[], $7::numeric[], $8::bigint[])
+                 AS d(intent_id, signer, nonce, tx_hash, raw_tx,
+                      max_fee_wei, max_priority_fee_wei, gas_limit)
+        RETURNING *
+        """,
+        [draft.intent_id for draft in drafts],
+        [draft.signer for draft in drafts],
+        [draft.nonce for draft in drafts],
+        [_hash_bytes(draft.tx_hash) for draft in drafts],
+        [draft.raw_tx for draft in drafts],
+        [draft.max_fee_wei for draft in drafts],
+        [draft.max_priority_fee_wei for draft in drafts],
+        [draft.gas_limit for draft in drafts],
+    )
+    stored = {bytes(row["tx_hash"]): Attempt.from_row(row) for row in rows}
+    return [stored[_hash_bytes(draft.tx_hash)] for draft in drafts]
 
 
 async def mark_sent(
-    connection: asyncpg.Connection, tx_hash: TxHash, *, block_number: int
+    connection: asyncpg.Connection,
+    tx_hashes: Sequence[TxHash],
+    *,
+    block_number: int,
 ) -> None:
-    """Note that a node accepted (or already had) the attempt."""
+    """Note that a node accepted (or already had) each attempt, in one statement."""
     await connection.execute(
         """
         UPDATE tx_attempts
@@ -135,9 +181,9 @@ async def mark_sent(
                broadcast_at = coalesce(broadcast_at, now()),
                last_sent_at = now(),
                sent_block = coalesce(sent_block, $2)
-         WHERE tx_hash = $1
+         WHERE tx_hash = ANY($1::bytea[])
         """,
-        _hash_bytes(tx_hash),
+        [_hash_bytes(tx_hash) for tx_hash in tx_hashes],
         block_number,
     )
 

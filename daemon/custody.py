@@ -18,7 +18,7 @@ transaction, so the row exists exactly when the signed attempt does.
 from __future__ import annotations
 
 import getpass
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -226,16 +226,38 @@ async def sign(
     Raises PolicyViolationError (nothing signed) when the policy refuses.
     Must run in the transaction that records the attempt.
     """
-    policy.check_transaction(tx, intent)
-    signed = await signer.sign_transaction(tx)
-    detail = {
-        "intent_id": intent_id_hex(intent.id),
-        "nonce": int(tx["nonce"]),
-        "tx_hash": signed.tx_hash,
-        "max_fee_wei": str(tx["maxFeePerGas"]),
-        "max_priority_fee_wei": str(tx["maxPriorityFeePerGas"]),
-    }
-    await record(conn, signer.address, SIGN, actor=actor, detail=detail)
+    [signed] = await sign_all(conn, signer, [(tx, intent)], policy=policy, actor=actor)
+    return signed
+
+
+async def sign_all(
+    conn: asyncpg.Connection,
+    signer: Signer,
+    work: Sequence[tuple[Mapping[str, Any], Intent]],
+    *,
+    policy: SigningPolicy,
+    actor: str = "daemon",
+) -> list[SignedTx]:
+    """Sign each ``(tx, intent)`` of ``work`` in order, auditing them in one row each.
+
+    The policy judges every transaction before any is signed: one refusal
+    (PolicyViolationError) signs none. Must run in the transaction that
+    records the attempts.
+    """
+    for tx, intent in work:
+        policy.check_transaction(tx, intent)
+    signed = [await signer.sign_transaction(tx) for tx, _ in work]
+    details = [
+        {
+            "intent_id": intent_id_hex(intent.id),
+            "nonce": int(tx["nonce"]),
+            "tx_hash": one.tx_hash,
+            "max_fee_wei": str(tx["maxFeePerGas"]),
+            "max_priority_fee_wei": str(tx["maxPriorityFeePerGas"]),
+        }
+        for (tx, intent), one in zip(work, signed, strict=True)
+    ]
+    await record_all(conn, signer.address, SIGN, actor=actor, details=details)
     return signed
 
 
@@ -275,13 +297,26 @@ async def record(
     detail: dict[str, Any] | None = None,
 ) -> None:
     """Append one custody audit row; ``detail`` must hold no key material."""
+    await record_all(conn, signer, action, actor=actor, details=[detail or {}])
+
+
+async def record_all(
+    conn: asyncpg.Connection,
+    signer: str,
+    action: str,
+    *,
+    actor: str,
+    details: Sequence[dict[str, Any]],
+) -> None:
+    """Append one audit row per detail, in order, with one statement."""
     await conn.execute(
         "INSERT INTO custody_audit (signer, action, actor, detail) "
-        "VALUES ($1, $2, $3, $4)",
+        "SELECT $1, $2, $3, detail FROM unnest($4::jsonb[]) WITH ORDINALITY "
+        "AS d(detail, position) ORDER BY position",
         signer,
         action,
         actor,
-        detail or {},
+        list(details),
     )
 
 

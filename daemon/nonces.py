@@ -55,15 +55,30 @@ async def allocate(
     row lock taken here serialises allocations of one signer, and a rollback
     returns the nonce.
     """
+    taken = await allocate_many(conn, address, 1, statuses=statuses)
+    return taken[0] if taken is not None else None
+
+
+async def allocate_many(
+    conn: asyncpg.Connection,
+    address: str,
+    count: int,
+    *,
+    statuses: Collection[str] = (signers.ACTIVE,),
+) -> list[Nonce] | None:
+    """Take the signer's next ``count`` nonces, in order, like :func:`allocate`."""
     # One statement: the UPDATE takes the row lock, and a signer in another
     # status is left untouched.
-    taken = await conn.fetchval(
-        "UPDATE signers SET next_nonce = next_nonce + 1 "
-        "WHERE address = $1 AND status = ANY($2::text[]) RETURNING next_nonce - 1",
+    first = await conn.fetchval(
+        "UPDATE signers SET next_nonce = next_nonce + $3 "
+        "WHERE address = $1 AND status = ANY($2::text[]) RETURNING next_nonce - $3",
         address,
         list(statuses),
+        count,
     )
-    return Nonce(taken) if taken is not None else None
+    if first is None:
+        return None
+    return [Nonce(first + offset) for offset in range(count)]
 
 
 async def skip_used(conn: asyncpg.Connection, address: str, latest: int) -> range:

@@ -17,7 +17,7 @@ workers can never both fit under the same remaining allowance.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,14 +103,36 @@ class Policy:
         Must run in the transaction that signs it, which then calls
         :meth:`record_spend`: the advisory lock taken here lasts until commit.
         """
+        [reason] = await self.hold_reasons(conn, [intent])
+        return reason
+
+    async def hold_reasons(
+        self, conn: asyncpg.Connection, run: Sequence[Intent]
+    ) -> list[str | None]:
+        """Return :meth:`hold_reason` for each intent of ``run``, in order.
+
+        Each is judged as if every intent before it that may be signed had
+        been counted already, as signing them one by one would count them.
+        Must run in the transaction that signs them, which then calls
+        :meth:`record_spends` with the intents it signed.
+        """
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
-        standing = await _standing(conn, intent)
-        if standing["approved"]:
+        standing = await _standing(conn, [intent.id for intent in run])
+        reasons: list[str | None] = []
+        for intent in run:
+            reason = self._judge(intent, standing)
+            reasons.append(reason)
+            if reason is None and intent.id not in standing.counted:
+                standing.count(intent)
+        return reasons
+
+    def _judge(self, intent: Intent, standing: _Standing) -> str | None:
+        if intent.id in standing.approved:
             return None
         amount = intent.amount_wei
         if amount > self.caps.per_intent_wei:
             return _over_intent_cap(amount, self.caps.per_intent_wei)
-        partner_spent = int(standing["partner_spent"])
+        partner_spent = standing.by_partner.get(intent.partner, 0)
         if partner_spent + amount > self.caps.partner_daily_wei:
             return _over_daily_cap(
                 f"{intent.partner} daily",
@@ -118,22 +140,44 @@ class Policy:
                 self.caps.partner_daily_wei,
                 partner_spent,
             )
-        total_spent = int(standing["total_spent"])
-        if total_spent + amount > self.caps.global_daily_wei:
+        if standing.total + amount > self.caps.global_daily_wei:
             return _over_daily_cap(
-                "global daily", amount, self.caps.global_daily_wei, total_spent
+                "global daily", amount, self.caps.global_daily_wei, standing.total
             )
         return None
 
     async def record_spend(self, conn: asyncpg.Connection, intent: Intent) -> None:
         """Count ``intent`` against the daily caps (once, at its first signature)."""
+        await self.record_spends(conn, [intent])
+
+    async def record_spends(
+        self, conn: asyncpg.Connection, signed: Sequence[Intent]
+    ) -> None:
+        """Count each intent of ``signed`` against the daily caps, in one statement."""
         await conn.execute(
             "INSERT INTO policy_spend (intent_id, partner, amount_wei) "
-            "VALUES ($1, $2, $3) ON CONFLICT (intent_id) DO NOTHING",
-            intent.id,
-            intent.partner,
-            intent.amount_wei,
+            "SELECT * FROM unnest($1::bytea[], $2::text[], $3::numeric[]) "
+            "ON CONFLICT (intent_id) DO NOTHING",
+            [intent.id for intent in signed],
+            [intent.partner for intent in signed],
+            [intent.amount_wei for intent in signed],
         )
+
+
+@dataclass
+class _Standing:
+    """What the daily caps stand at, for judging one run of intents."""
+
+    approved: set[bytes]
+    counted: set[bytes]  # already in policy_spend: counting them adds nothing
+    by_partner: dict[str, int]
+    total: int
+
+    def count(self, intent: Intent) -> None:
+        self.by_partner[intent.partner] = (
+            self.by_partner.get(intent.partner, 0) + intent.amount_wei
+        )
+        self.total += intent.amount_wei
 
 
 def _over_intent_cap(amount: int, limit: int) -> str:
@@ -152,24 +196,37 @@ def _over_daily_cap(cap: str, amount: int, limit: int, spent: int) -> str:
     )
 
 
-async def _standing(conn: asyncpg.Connection, intent: Intent) -> asyncpg.Record:
-    """Whether ``intent`` is approved, and what its partner and everyone
-    signed in the window: one statement, as it runs for every signature."""
+async def _standing(conn: asyncpg.Connection, intent_ids: list[bytes]) -> _Standing:
+    """Which of ``intent_ids`` are approved or counted, and what each partner
+    signed in the window: one statement, as it runs for every run signed."""
     row = await conn.fetchrow(
         f"""
-        SELECT EXISTS (SELECT 1 FROM policy_approvals WHERE intent_id = $1)
-                   AS approved,
-               coalesce(sum(amount_wei) FILTER (WHERE partner = $2), 0)
-                   AS partner_spent,
-               coalesce(sum(amount_wei), 0) AS total_spent
-          FROM policy_spend
-         WHERE signed_at > now() - interval '{WINDOW}'
+        WITH recent AS (
+            SELECT partner, sum(amount_wei) AS spent
+              FROM policy_spend
+             WHERE signed_at > now() - interval '{WINDOW}'
+             GROUP BY partner
+        )
+        SELECT ARRAY(SELECT intent_id FROM policy_approvals
+                      WHERE intent_id = ANY($1::bytea[])) AS approved,
+               ARRAY(SELECT intent_id FROM policy_spend
+                      WHERE intent_id = ANY($1::bytea[])) AS counted,
+               ARRAY(SELECT partner FROM recent ORDER BY partner) AS partners,
+               ARRAY(SELECT spent FROM recent ORDER BY partner) AS spent
         """,
-        intent.id,
-        intent.partner,
+        intent_ids,
     )
     assert row is not None
-    return row
+    by_partner = {
+        partner: int(spent)
+        for partner, spent in zip(row["partners"], row["spent"], strict=True)
+    }
+    return _Standing(
+        approved={bytes(intent_id) for intent_id in row["approved"]},
+        counted={bytes(intent_id) for intent_id in row["counted"]},
+        by_partner=by_partner,
+        total=sum(by_partner.values()),
+    )
 
 
 async def approve(

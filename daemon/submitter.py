@@ -176,8 +176,12 @@ class SubmitterOptions:
     rpc_attempts: int = 3
     # Intents signed per transaction; the next run is signed while this one
     # is broadcast.
-    run_size: int = 4
+    run_size: int = 8
     settle_batch: int = 64
+    # Nonces one cycle takes at most for a signer before settling and
+    # tending again; within it, the room max_in_flight leaves is looked up
+    # again as the node mines, so a burst is not cut into cycles of that size.
+    cycle_budget: int = 64
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SubmitterOptions:
@@ -800,10 +804,9 @@ class Submitter:
     async def _allocate(
         self, signer: custody.Signer, view: ChainView, next_nonce: int
     ) -> int:
-        capacity = self.settings.max_in_flight - nonces.in_flight(
-            next_nonce, view.latest
-        )
-        if capacity <= 0:
+        latest, head = view.latest, view.head_block
+        room = self._room(next_nonce, latest)
+        if room <= 0:
             return 0
         async with self._conn() as conn:
             if not await intents.has_ready(conn):
@@ -815,9 +818,18 @@ class Submitter:
         # order, one run after the other.
         sending: asyncio.Task[bool] | None = None
         try:
-            while sent < capacity:
+            while True:
+                if room <= 0:
+                    if sent >= self.options.cycle_budget:
+                        break
+                    # The node mines while we send: see how many of ours it
+                    # has mined before leaving the rest to the next cycle.
+                    latest, head = await self._progress(signer.address)
+                    room = self._room(next_nonce + sent, latest)
+                    if room <= 0:
+                        break
                 run = await self._allocate_run(
-                    signer, offer, min(self.options.run_size, capacity - sent)
+                    signer, offer, min(self.options.run_size, room)
                 )
                 if sending is not None:
                     broadcast, sending = sending, None
@@ -828,9 +840,8 @@ class Submitter:
                 if run is None:
                     break
                 sent += len(run)
-                sending = asyncio.create_task(
-                    self._broadcast(signer, run, view.head_block)
-                )
+                room -= len(run)
+                sending = asyncio.create_task(self._broadcast(signer, run, head))
             if sending is not None:
                 broadcast, sending = sending, None
                 await broadcast
@@ -839,6 +850,18 @@ class Submitter:
                 # A run failed to sign: the sends already under way finish.
                 await asyncio.gather(sending, return_exceptions=True)
         return sent
+
+    def _room(self, next_nonce: int, latest: int) -> int:
+        """Nonces that may still be taken before ``max_in_flight`` are unmined."""
+        return int(self.settings.max_in_flight) - nonces.in_flight(next_nonce, latest)
+
+    async def _progress(self, address: str) -> tuple[Nonce, int]:
+        """Return the signer's ``latest`` nonce and the head, asked together."""
+        latest, head = await asyncio.gather(
+            self._rpc(self.chain.get_transaction_count, address, "latest"),
+            self._rpc(self.chain.block_number),
+        )
+        return Nonce(latest), head
 
     # TODO: date each send by the head when the node took it, not the head the
     # cycle began with — on a dev chain that mines each transaction as it
@@ -850,14 +873,24 @@ class Submitter:
         """Send a signed run in nonce order; False once a send is not accepted.
 
         What follows a refused send stays signed and unsent, for tending to
-        send in nonce order once the refusal is sorted out.
+        send in nonce order once the refusal is sorted out. The sends the
+        node accepted are recorded together, in one statement, whatever
+        stopped the run.
         """
-        for intent, attempt in run:
-            with logs.correlated(intent.request_id):
-                outcome = await self._send(signer, attempt, head)
-            if outcome != ACCEPTED:
-                return False
-        return True
+        accepted: list[tuple[Intent, Attempt]] = []
+        try:
+            for intent, attempt in run:
+                with logs.correlated(intent.request_id):
+                    outcome = await self._push(signer, attempt)
+                if outcome != ACCEPTED:
+                    return False
+                accepted.append((intent, attempt))
+            return True
+        finally:
+            await self._record_sent([attempt for _, attempt in accepted], head)
+            for intent, attempt in accepted:
+                with logs.correlated(intent.request_id):
+                    _log_sent(attempt, head)
 
     async def _allocate_run(
         self, signer: custody.Signer, offer: Fees, limit: int
@@ -873,7 +906,6 @@ class Submitter:
         its intents are claimed again by the next cycle.
         """
         address = signer.address
-        signed: list[tuple[Intent, Attempt]] = []
         async with db.transaction(self.pool) as conn:
             row = await signers.get(conn, address, for_update=True)
             await self._fence(conn, address)
@@ -881,13 +913,15 @@ class Submitter:
                 return None
             claimed = await intents.claim_ready_batch(conn, limit)
             minted = await self._minted_among([intent.id for intent in claimed])
+            unminted: list[Intent] = []
             for intent in claimed:
-                with logs.correlated(intent.request_id):
-                    attempt = await self._sign_or_set_aside(
-                        conn, signer, intent, offer, minted=intent.id in minted
-                    )
-                if attempt is not None:
-                    signed.append((intent, attempt))
+                if intent.id in minted:
+                    with logs.correlated(intent.request_id):
+                        await self._adopt(conn, intent)
+                else:
+                    unminted.append(intent)
+            signable = await self._without_held(conn, unminted)
+            signed = await self._submit(conn, signer, signable, offer)
         if not claimed:
             return None
         for intent, attempt in signed:
@@ -907,39 +941,45 @@ class Submitter:
         intent: Intent,
         offer: Fees,
         *,
-        nonce: Nonce | None = None,
-        minted: bool | None = None,
+        nonce: Nonce,
     ) -> Attempt | None:
-        """Sign ``intent`` unless the chain shows it minted or the policy holds it.
-
-        ``minted`` is what the caller already asked the chain; None asks now.
-        """
-        if minted is None:
-            minted = await self._is_minted(intent.id)
-        if minted:
+        """Sign ``intent``, claimed by this transaction, at ``nonce`` (a gap),
+        unless the chain shows it minted or the policy holds it."""
+        if await self._is_minted(intent.id):
             await self._adopt(conn, intent)
             return None
-        if await self._hold(conn, intent):
+        if not await self._without_held(conn, [intent]):
             return None
-        attempt = await self._submit(conn, signer, intent, offer, nonce=nonce)
-        self.crash.hit("after_allocate")
+        [(_, attempt)] = await self._submit(conn, signer, [intent], offer, nonce=nonce)
         return attempt
 
-    async def _hold(self, conn: asyncpg.Connection, intent: Intent) -> bool:
-        reason = await self.policy.hold_reason(conn, intent)
-        if reason is None:
-            return False
-        await intents.transition(
-            conn,
-            intent.id,
-            from_statuses=(intents.READY,),
-            to_status=intents.APPROVAL,
-            reason=reason,
-        )
-        logger.bind(intent_id=intent_id_hex(intent.id)).info(
-            "intent held for approval", reason=reason
-        )
-        return True
+    async def _without_held(
+        self, conn: asyncpg.Connection, claimed: list[Intent]
+    ) -> list[Intent]:
+        """Hold each intent of ``claimed`` that is over a cap for approval;
+        return the others, in order."""
+        if not claimed:
+            return []
+        reasons = await self.policy.hold_reasons(conn, claimed)
+        for intent, reason in zip(claimed, reasons, strict=True):
+            if reason is None:
+                continue
+            await intents.transition(
+                conn,
+                intent.id,
+                from_statuses=(intents.READY,),
+                to_status=intents.APPROVAL,
+                reason=reason,
+            )
+            with logs.correlated(intent.request_id):
+                logger.bind(intent_id=intent_id_hex(intent.id)).info(
+                    "intent held for approval", reason=reason
+                )
+        return [
+            intent
+            for intent, reason in zip(claimed, reasons, strict=True)
+            if reason is None
+        ]
 
     async def _adopt(self, conn: asyncpg.Connection, intent: Intent) -> None:
         """Never sign again an intent the chain shows minted (a restored database).
@@ -1007,27 +1047,39 @@ class Submitter:
         self,
         conn: asyncpg.Connection,
         signer: custody.Signer,
-        intent: Intent,
+        run: list[Intent],
         offer: Fees,
         *,
         nonce: Nonce | None = None,
-    ) -> Attempt:
-        """Sign ``intent`` at the signer's next nonce, or at ``nonce`` (a gap)."""
+    ) -> list[tuple[Intent, Attempt]]:
+        """Sign the claimed intents of ``run`` at the signer's next nonces, in
+        order, or the one intent of ``run`` at ``nonce`` (a gap).
+
+        Every step is one statement for the whole run: the nonces, the
+        attempts with their audit rows, the status changes, the spends.
+        """
+        if not run:
+            return []
         if nonce is None:
-            nonce = await nonces.allocate(conn, signer.address)
-            assert nonce is not None, "the signer row is locked and active"
-        attempt = await self._sign(conn, signer, intent, nonce, offer)
-        await intents.transition(
-            conn,
-            intent.id,
-            from_statuses=(intents.READY,),
-            to_status=intents.SUBMITTED,
-            signer=signer.address,
-            nonce=nonce,
-            tx_hash=_hash_bytes(attempt.tx_hash),
+            taken = await nonces.allocate_many(conn, signer.address, len(run))
+            assert taken is not None, "the signer row is locked and active"
+        else:
+            assert len(run) == 1, "a gap takes one intent"
+            taken = [nonce]
+        made = await self._sign_all(
+            conn, signer, list(zip(run, taken, strict=True)), offer
         )
-        await self.policy.record_spend(conn, intent)
-        return attempt
+        await intents.submit_claimed(
+            conn,
+            signer.address,
+            [
+                (intent.id, attempt.nonce, _hash_bytes(attempt.tx_hash))
+                for intent, attempt in zip(run, made, strict=True)
+            ],
+        )
+        await self.policy.record_spends(conn, run)
+        self.crash.hit("after_allocate")
+        return list(zip(run, made, strict=True))
 
     async def _sign(
         self,
@@ -1037,30 +1089,53 @@ class Submitter:
         nonce: int,
         offer: Fees,
     ) -> Attempt:
-        tx = {
-            "type": 2,
-            "chainId": self.settings.chain_id,
-            "nonce": nonce,
-            "to": self.token_address,
-            "value": 0,
-            "gas": self.settings.gas_limit,
-            "maxFeePerGas": offer.max_fee_wei,
-            "maxPriorityFeePerGas": offer.max_priority_fee_wei,
-            "data": token.mint_reward_data(intent.wallet, intent.amount_wei, intent.id),
-            "accessList": [],
-        }
-        signed = await custody.sign(conn, signer, tx, policy=self.policy, intent=intent)
-        return await attempts.record(
-            conn,
-            intent_id=intent.id,
-            signer=signer.address,
-            nonce=Nonce(nonce),
-            tx_hash=signed.tx_hash,
-            raw_tx=signed.raw_tx,
-            max_fee_wei=offer.max_fee_wei,
-            max_priority_fee_wei=offer.max_priority_fee_wei,
-            gas_limit=self.settings.gas_limit,
-        )
+        [attempt] = await self._sign_all(conn, signer, [(intent, nonce)], offer)
+        return attempt
+
+    async def _sign_all(
+        self,
+        conn: asyncpg.Connection,
+        signer: custody.Signer,
+        work: list[tuple[Intent, int]],
+        offer: Fees,
+    ) -> list[Attempt]:
+        """Sign each intent at its nonce and store the attempts, in order."""
+        txs = [
+            (
+                {
+                    "type": 2,
+                    "chainId": self.settings.chain_id,
+                    "nonce": nonce,
+                    "to": self.token_address,
+                    "value": 0,
+                    "gas": self.settings.gas_limit,
+                    "maxFeePerGas": offer.max_fee_wei,
+                    "maxPriorityFeePerGas": offer.max_priority_fee_wei,
+                    "data": token.mint_reward_data(
+                        intent.wallet, intent.amount_wei, intent.id
+                    ),
+                    "accessList": [],
+                },
+                intent,
+            )
+            for intent, nonce in work
+        ]
+        signed = await custody.sign_all(conn, signer, txs, policy=self.policy)
+        drafts = [
+            attempts.Draft(
+                intent_id=intent.id,
+                signer=signer.address,
+                nonce=Nonce(nonce),
+                tx_hash=one.tx_hash,
+                raw_tx=one.raw_tx,
+                max_fee_wei=offer.max_fee_wei,
+                max_priority_fee_wei=offer.max_priority_fee_wei,
+                gas_limit=self.settings.gas_limit,
+            )
+            for (intent, nonce), one in zip(work, signed, strict=True)
+        ]
+        stored: list[Attempt] = await attempts.record_all(conn, drafts)
+        return stored
 
     # --- sending ----------------------------------------------------------
 
@@ -1071,6 +1146,19 @@ class Submitter:
         the bytes are sent again next cycle) and ChainMismatchError when the
         node is on another chain.
         """
+        outcome = await self._push(signer, attempt)
+        if outcome == ACCEPTED:
+            await self._record_sent([attempt], head)
+            _log_sent(attempt, head)
+        return outcome
+
+    async def _push(self, signer: custody.Signer, attempt: Attempt) -> str:
+        """Broadcast stored bytes; return the outcome, recording only a refusal.
+
+        The caller records an acceptance (:meth:`_record_sent`); until it
+        does, the attempt reads as signed and unsent, which is safe: tending
+        sends it again and the node answers that it knows it.
+        """
         try:
             node_hash = await self._rpc(self.chain.send_raw_transaction, attempt.raw_tx)
         except RpcResponseError as exc:
@@ -1080,14 +1168,14 @@ class Submitter:
         self.crash.hit("after_send")
         if str(node_hash).lower() != attempt.tx_hash.lower():
             await self._hash_mismatch(attempt, str(node_hash))
-        await asyncio.shield(
-            self._write(attempts.mark_sent, attempt.tx_hash, block_number=head)
-        )
-        if attempt.status == attempts.SIGNED or attempt.error_kind is not None:
-            _log(attempt).info("tx broadcast", block_number=head)
-        else:
-            _log(attempt).debug("tx sent again", block_number=head)
         return ACCEPTED
+
+    async def _record_sent(self, accepted: list[Attempt], head: int) -> None:
+        if accepted:
+            hashes = [attempt.tx_hash for attempt in accepted]
+            await asyncio.shield(
+                self._execute(attempts.mark_sent, hashes, block_number=head)
+            )
 
     async def _refused(
         self, signer: custody.Signer, attempt: Attempt, exc: RpcResponseError
@@ -1223,6 +1311,16 @@ class Submitter:
         async with db.transaction(self.pool) as conn:
             await fn(conn, *args, **kwargs)
 
+    async def _execute(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        """Run ``fn``, a single statement, on a pooled connection: atomic alone."""
+        async with self._conn() as conn:
+            await fn(conn, *args, **kwargs)
+
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
         async with db.translate_errors(), self.pool.acquire() as conn:
@@ -1257,6 +1355,13 @@ def _distinct(items: Iterable[bytes]) -> list[bytes]:
 
 def _hash_bytes(tx_hash: str) -> bytes:
     return bytes.fromhex(tx_hash.removeprefix("0x"))
+
+
+def _log_sent(attempt: Attempt, head: int) -> None:
+    if attempt.status == attempts.SIGNED or attempt.error_kind is not None:
+        _log(attempt).info("tx broadcast", block_number=head)
+    else:
+        _log(attempt).debug("tx sent again", block_number=head)
 
 
 def _log(attempt: Attempt) -> Any:

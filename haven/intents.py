@@ -15,6 +15,7 @@ Statuses::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -225,6 +226,43 @@ async def transition(
         *values,
     )
     return Intent.from_row(row) if row is not None else None
+
+
+async def submit_claimed(
+    connection: asyncpg.Connection,
+    signer: str,
+    signed: Sequence[tuple[bytes, int, bytes]],
+) -> None:
+    """Move claimed ready intents to ``submitted``, with their history events.
+
+    ``signed`` holds ``(intent_id, nonce, tx_hash)`` for intents this
+    transaction claimed (:func:`claim_ready_batch`): their rows are locked,
+    so each is still ready. One statement for the lot; raises
+    AssertionError, rolling the caller back, if any was not ready.
+    """
+    moved = await connection.fetchval(
+        """
+        WITH updated AS (
+            UPDATE intents AS i
+               SET status = 'submitted', status_reason = NULL, updated_at = now(),
+                   submitted_at = now(), signer = $1, nonce = s.nonce,
+                   tx_hash = s.tx_hash
+              FROM unnest($2::bytea[], $3::bigint[], $4::bytea[])
+                     AS s(id, nonce, tx_hash)
+             WHERE i.id = s.id AND i.status = 'ready'
+            RETURNING i.id
+        ), event AS (
+            INSERT INTO intent_events (intent_id, from_status, to_status, reason)
+            SELECT id, 'ready', 'submitted', NULL FROM updated
+        )
+        SELECT count(*) FROM updated
+        """,
+        signer,
+        [intent_id for intent_id, _, _ in signed],
+        [nonce for _, nonce, _ in signed],
+        [tx_hash for _, _, tx_hash in signed],
+    )
+    assert moved == len(signed), f"{len(signed) - moved} claimed intents not ready"
 
 
 _SETTABLE = {

@@ -198,7 +198,7 @@ async def seed_submitted(
             gas_limit=200_000,
         )
         if sent_block is not None:
-            await attempts.mark_sent(connection, tx_hash, block_number=sent_block)
+            await attempts.mark_sent(connection, [tx_hash], block_number=sent_block)
     return tx_hash
 
 

@@ -307,7 +307,7 @@ async def test_stuck_transactions_are_listed_with_their_attempts(
                 max_priority_fee_wei=Wei(10**9),
                 gas_limit=200_000,
             )
-            await attempts.mark_sent(connection, tx_hash, block_number=sent_block)
+            await attempts.mark_sent(connection, [tx_hash], block_number=sent_block)
     await anvil.mine(config.stuck_after_blocks + 1)
     await book.index()
 
