@@ -290,7 +290,7 @@ class Submitter:
 
     async def _cycle_safely(self) -> bool:
         try:
-            busy = await self._cycle()
+            busy = await self.step()
         except (ChainMismatchError, PolicyViolationError, CustodyError):
             raise
         except Exception as exc:
@@ -317,7 +317,11 @@ class Submitter:
             )
         self._fault = fault
 
-    async def _cycle(self) -> bool:
+    async def step(self) -> bool:
+        """Run one cycle over every signer; return True when there was work.
+
+        Raises what the cycle met; :meth:`run` logs passing faults instead.
+        """
         rows = await self._working_signers()
         if not rows:
             return False
@@ -826,6 +830,14 @@ class Submitter:
                     # has mined before leaving the rest to the next cycle.
                     latest, head = await self._progress(signer.address)
                     room = self._room(next_nonce + sent, latest)
+                    if room <= 0 and sending is not None:
+                        # The run still being sent may be all that holds
+                        # the room: let it finish, then look once more.
+                        broadcast, sending = sending, None
+                        if not await broadcast:
+                            break
+                        latest, head = await self._progress(signer.address)
+                        room = self._room(next_nonce + sent, latest)
                     if room <= 0:
                         break
                 run = await self._allocate_run(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -197,6 +198,47 @@ async def test_the_policy_is_checked_before_anything_is_signed(
         trail = await custody.audit_trail(conn, address)
 
     assert "sign" not in [entry.action for entry in trail]
+
+
+class CountingSigner:
+    """A local signer that counts its signatures."""
+
+    def __init__(self, inner: custody.Signer) -> None:
+        self.inner = inner
+        self.signed = 0
+
+    @property
+    def address(self) -> ChecksumAddress:
+        return self.inner.address
+
+    async def sign_transaction(self, tx: Mapping[str, Any]) -> custody.SignedTx:
+        self.signed += 1
+        return await self.inner.sign_transaction(tx)
+
+
+async def test_a_run_is_signed_and_audited_in_order_or_not_at_all(
+    pool: db.Pool, database_url: str
+):
+    loaded = settings_with(database_url, Fernet.generate_key())
+    address = await custody.import_signer(pool, loaded, KNOWN_KEY)
+    signer = CountingSigner(await custody.load_signer(pool, loaded, address))
+    intent = await ready_intent(pool)
+    rules = policy.Policy(token_address=TOKEN, chain_id=31337, max_fee_wei=10**12)
+    run = [(mint_tx(intent) | {"nonce": nonce}, intent) for nonce in (7, 8, 9)]
+    refused = [*run[:2], (run[2][0] | {"to": KNOWN_ADDRESS}, intent)]
+
+    async with db.transaction(pool) as conn:
+        with pytest.raises(PolicyViolationError, match="recipient"):
+            await custody.sign_all(conn, signer, refused, policy=rules)
+    assert signer.signed == 0
+    async with db.transaction(pool) as conn:
+        signed = await custody.sign_all(conn, signer, run, policy=rules)
+        trail = await custody.audit_trail(conn, address)
+
+    sign_rows = [entry.detail for entry in trail if entry.action == "sign"]
+    assert [row["nonce"] for row in sign_rows] == [7, 8, 9]
+    assert [row["tx_hash"] for row in sign_rows] == [one.tx_hash for one in signed]
+    assert len({one.tx_hash for one in signed}) == 3
 
 
 async def ready_intent(pool: db.Pool) -> intents.Intent:

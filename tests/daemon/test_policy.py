@@ -170,6 +170,37 @@ async def test_partner_and_global_daily_caps_sum_what_was_signed(pool: db.Pool):
     assert "(400 HNV already signed in the last 24 hours)" in outcomes[5]
 
 
+async def test_a_run_is_judged_as_if_each_intent_before_it_were_counted(
+    pool: db.Pool,
+):
+    earlier = await stored(pool, an_intent(100, "aurora", "R-0"))
+    assert await spend(pool, earlier) is None
+    run = [
+        earlier,  # signed again (a fresh nonce): already counted, adds nothing
+        await stored(pool, an_intent(100, "aurora", "R-1")),
+        await stored(pool, an_intent(60, "aurora", "R-2")),  # over: 260 > 250
+        await stored(pool, an_intent(50, "aurora", "R-3")),  # fits: 250
+        await stored(pool, an_intent(100, "tribe", "R-4")),  # fits: 350 in all
+        await stored(pool, an_intent(60, "tribe", "R-5")),  # over global: 410
+    ]
+
+    async with db.transaction(pool) as conn:
+        reasons = await RULES.hold_reasons(conn, run)
+        await RULES.record_spends(
+            conn, [i for i, reason in zip(run, reasons, strict=True) if not reason]
+        )
+
+    held = [reason is not None for reason in reasons]
+    assert held == [False, False, True, False, False, True]
+    assert reasons[2] is not None and "(200 HNV already signed" in reasons[2]
+    assert reasons[5] is not None and "global daily cap" in reasons[5]
+    assert "(350 HNV already signed" in reasons[5]
+    # Each signed intent counted once: R-0 from before, R-1, R-3 and R-4.
+    async with pool.acquire() as conn:
+        total = await conn.fetchval("SELECT sum(amount_wei) FROM policy_spend")
+    assert total == 350 * ONE_HNV
+
+
 async def test_an_approved_intent_is_signed_whatever_the_caps(pool: db.Pool):
     big = await stored(pool, an_intent(amount_hnv=500))
     async with db.transaction(pool) as conn:

@@ -307,6 +307,30 @@ async def test_a_burst_of_200_intents_never_exceeds_the_in_flight_cap(rig: Rig):
     await rig.assert_paid_once(ids)
 
 
+@pytest.mark.parametrize(("budget", "minted"), [(64, 9), (4, 4)])
+async def test_a_cycle_sends_past_the_in_flight_cap_as_the_node_mines_up_to_a_budget(
+    rig: Rig, budget: int, minted: int
+):
+    # The node mines each transaction before answering its send, so the
+    # room max_in_flight leaves is free again after every run.
+    await rig.node.rpc("evm_setAutomine", [False])
+    ids = await rig.add_intents(9)
+    options = SubmitterOptions(breaker_reset_s=0.2, cycle_budget=budget)
+    async with running_proxy(
+        rig.node.url, mine_each_send=True, track_in_flight=True
+    ) as proxy:
+        worker = rig.submitter(rpc_url=proxy.url, options=options, max_in_flight="2")
+        assert await worker.step()
+
+    counts = await rig.mint_counts()
+    assert sorted(counts[i] for i in ids) == [0] * (9 - minted) + [1] * minted
+    assert max(s.in_flight or 0 for s in proxy.sends) <= 2
+    await rig.node.rpc("evm_setAutomine", [True])
+    async with rig.running(rig.submitter()):
+        await rig.wait_minted(ids)
+    await rig.assert_paid_once(ids)
+
+
 async def saturate_and_mine(
     rig: Rig, worker: submitter.Submitter, ids: Sequence[IntentId], cap: int
 ) -> None:

@@ -17,6 +17,9 @@ and adds, at run time:
 * ``hold_sends``: accept raw transactions and answer their hash, but keep
   them here instead of forwarding — a node that never propagates them.
   :meth:`RpcProxy.release_held` forwards the best of each nonce later;
+* ``mine_each_send``: mine a block (``evm_mine``) after forwarding each
+  accepted transaction and before answering, so its sender learns of the
+  send only once it is mined — automine without its race;
 * ``track_in_flight``: record, for every send, how many of the sender's
   nonces up to this one are not yet mined (``nonce - latest + 1``, with
   ``latest`` read from the node at that instant).
@@ -143,10 +146,12 @@ class RpcProxy:
         *,
         replacement_rule: bool = False,
         track_in_flight: bool = False,
+        mine_each_send: bool = False,
     ) -> None:
         self.upstream = upstream
         self.replacement_rule = replacement_rule
         self.track_in_flight = track_in_flight
+        self.mine_each_send = mine_each_send
         self.down = False
         self.hold_sends = False
         self.rules: list[Rule] = []
@@ -265,6 +270,8 @@ class RpcProxy:
             answer = await self._forward("eth_sendRawTransaction", [tx.raw])
             if "error" not in answer:
                 self._pool.accepted[key] = tx
+                if self.mine_each_send:
+                    await self._result("evm_mine", [])
             self.sends.append(Sent(tx, FORWARDED, in_flight))
             return answer
 
