@@ -258,17 +258,43 @@ async def settle_mined(
     block_number: int,
 ) -> None:
     """Mark ``tx_hash`` mined and every other attempt of the intent replaced."""
+    await settle_mined_all(connection, [(intent_id, tx_hash, block_number)])
+
+
+async def settle_mined_all(
+    connection: asyncpg.Connection, mined: Sequence[tuple[bytes, TxHash, int]]
+) -> None:
+    """:func:`settle_mined` for each ``(intent_id, tx_hash, block_number)``, at once."""
     await connection.execute(
         """
-        UPDATE tx_attempts
-           SET status = CASE WHEN tx_hash = $2 THEN 'mined' ELSE 'replaced' END,
-               mined_block = CASE WHEN tx_hash = $2 THEN $3 ELSE mined_block END
-         WHERE intent_id = $1 AND status <> 'failed'
+        UPDATE tx_attempts AS a
+           SET status = CASE WHEN a.tx_hash = m.tx_hash THEN 'mined'
+                             ELSE 'replaced' END,
+               mined_block = CASE WHEN a.tx_hash = m.tx_hash THEN m.block_number
+                                  ELSE a.mined_block END
+          FROM unnest($1::bytea[], $2::bytea[], $3::bigint[])
+                 AS m(intent_id, tx_hash, block_number)
+         WHERE a.intent_id = m.intent_id AND a.status <> 'failed'
         """,
-        intent_id,
-        _hash_bytes(tx_hash),
-        block_number,
+        [intent_id for intent_id, _, _ in mined],
+        [_hash_bytes(tx_hash) for _, tx_hash, _ in mined],
+        [block_number for _, _, block_number in mined],
     )
+
+
+async def signers_of(
+    connection: asyncpg.Connection, intent_ids: Sequence[bytes]
+) -> dict[bytes, set[str]]:
+    """Return, per intent, the signers of its attempts (checksummed as stored)."""
+    rows = await connection.fetch(
+        "SELECT DISTINCT intent_id, signer FROM tx_attempts "
+        "WHERE intent_id = ANY($1::bytea[])",
+        list(intent_ids),
+    )
+    found: dict[bytes, set[str]] = {}
+    for row in rows:
+        found.setdefault(bytes(row["intent_id"]), set()).add(row["signer"])
+    return found
 
 
 async def fail_mined(

@@ -14,6 +14,8 @@ disagree for a reader.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -69,23 +71,22 @@ def _bound(mint: RewardMinted, intent: Intent | None = None) -> Logger:
 
 
 async def record_mint(connection: asyncpg.Connection, mint: RewardMinted) -> bool:
-    """Move the mint's intent ``submitted → mined``; return whether it moved.
+    """Move the mint's intent ``submitted → mined``; return whether it moved."""
+    return bool(await record_mints(connection, [mint]))
+
+
+async def record_mints(
+    connection: asyncpg.Connection, mints: Sequence[RewardMinted]
+) -> list[RewardMinted]:
+    """Move each mint's intent ``submitted → mined``; return the mints that moved.
 
     A mint of an unknown intent, of an intent in another status, or one that
     differs from its intent (recipient, amount, minter) stays unsettled: it
     is tried again every round (:func:`settle_stragglers`), and the
-    reconciler reports it if it never settles.
+    reconciler reports it if it never settles. A handful of statements for
+    the lot, whatever its size.
     """
-    intent = await intents.get(connection, mint.intent_id, for_update=True)
-    problem = await _unsettleable(connection, intent, mint)
-    if problem is not None:
-        _bound(mint, intent).warning(
-            "mint indexed without settling an intent", problem=problem
-        )
-        return False
-    assert intent is not None
-    await _settle(connection, intent, mint)
-    return True
+    return [mint for mint, _ in await _settle_each(connection, mints)]
 
 
 async def settle_stragglers(
@@ -98,48 +99,77 @@ async def settle_stragglers(
     intent without signing again. The indexed mint is the payment: settle on
     it, and confirm it at once if it is already deep. Returns how many moved.
     """
-    settled = 0
-    for mint in await transfers.unsettled(connection):
-        intent = await intents.get(connection, mint.intent_id, for_update=True)
-        # Mints that cannot settle were reported when they were indexed.
-        if await _unsettleable(connection, intent, mint) is not None:
-            continue
-        assert intent is not None
-        await _settle(connection, intent, mint)
+    stragglers = await transfers.unsettled(connection)
+    # Mints that cannot settle were reported when they were indexed.
+    settled = await _settle_each(connection, stragglers, report=False)
+    for mint, intent in settled:
         if mint.position.block_number <= confirmed_through:
             await intents.transition(
                 connection, intent.id, from_statuses=(MINED,), to_status=CONFIRMED
             )
             _bound(mint, intent).info("mint confirmed")
-        settled += 1
+    return len(settled)
+
+
+async def _settle_each(
+    connection: asyncpg.Connection,
+    mints: Sequence[RewardMinted],
+    *,
+    report: bool = True,
+) -> list[tuple[RewardMinted, Intent]]:
+    """Settle every mint of ``mints`` that can settle its intent, in chain order."""
+    if not mints:
+        return []
+    ids = list(dict.fromkeys(mint.intent_id for mint in mints))
+    found = await intents.get_many(connection, ids, for_update=True)
+    signers = await attempts.signers_of(connection, ids)
+    settled: list[tuple[RewardMinted, Intent]] = []
+    for mint in mints:
+        intent = found.get(mint.intent_id)
+        problem = _unsettleable(intent, mint, signers.get(mint.intent_id, set()))
+        if problem is not None:
+            if report:
+                _bound(mint, intent).warning(
+                    "mint indexed without settling an intent", problem=problem
+                )
+            continue
+        assert intent is not None
+        settled.append((mint, intent))
+        # A second mint of the same intent would find it mined, as one by one.
+        found[mint.intent_id] = replace(intent, status=MINED)
+    if not settled:
+        return []
+    await intents.mark_mined(
+        connection,
+        [
+            (
+                intent.id,
+                mint.position.tx_hash,
+                mint.position.block_number,
+                mint.position.block_hash,
+            )
+            for mint, intent in settled
+        ],
+    )
+    await attempts.settle_mined_all(
+        connection,
+        [
+            (
+                intent.id,
+                TxHash("0x" + mint.position.tx_hash.hex()),
+                mint.position.block_number,
+            )
+            for mint, intent in settled
+        ],
+    )
+    await transfers.mark_settled_all(connection, [mint for mint, _ in settled])
+    for mint, intent in settled:
+        _bound(mint, intent).info("mint mined")
     return settled
 
 
-async def _settle(
-    connection: asyncpg.Connection, intent: Intent, mint: RewardMinted
-) -> None:
-    position = mint.position
-    await intents.transition(
-        connection,
-        intent.id,
-        from_statuses=(SUBMITTED,),
-        to_status=MINED,
-        tx_hash=position.tx_hash,
-        block_number=position.block_number,
-        block_hash=position.block_hash,
-    )
-    await attempts.settle_mined(
-        connection,
-        intent.id,
-        TxHash("0x" + position.tx_hash.hex()),
-        block_number=position.block_number,
-    )
-    await transfers.mark_settled(connection, mint)
-    _bound(mint, intent).info("mint mined")
-
-
-async def _unsettleable(
-    connection: asyncpg.Connection, intent: Intent | None, mint: RewardMinted
+def _unsettleable(
+    intent: Intent | None, mint: RewardMinted, attempt_signers: set[str]
 ) -> str | None:
     """Say why ``mint`` cannot settle ``intent``, or None when it can."""
     if intent is None:
@@ -150,9 +180,7 @@ async def _unsettleable(
         return f"recipient {mint.to_address}, intent wallet {intent.wallet}"
     if mint.amount_wei != intent.amount_wei:
         return f"amount {mint.amount_wei} wei, intent {intent.amount_wei} wei"
-    signers = {
-        a.signer.lower() for a in await attempts.for_intent(connection, intent.id)
-    }
+    signers = {signer.lower() for signer in attempt_signers}
     if intent.signer is not None:
         signers.add(intent.signer.lower())
     if mint.minter.lower() not in signers:
@@ -164,21 +192,18 @@ async def promote(connection: asyncpg.Connection, *, after: int, through: int) -
     """Confirm mined intents of blocks ``after + 1`` to ``through``; return how many."""
     if through <= after:
         return 0
-    promoted = 0
-    for mint in await transfers.mints_between(connection, after + 1, through):
-        intent = await intents.get(connection, mint.intent_id, for_update=True)
-        if (
-            intent is None
-            or intent.status != MINED
-            or intent.block_hash != mint.position.block_hash
-        ):
-            continue
-        await intents.transition(
-            connection, intent.id, from_statuses=(MINED,), to_status=CONFIRMED
-        )
-        _bound(mint, intent).info("mint confirmed")
-        promoted += 1
-    return promoted
+    mints = await transfers.mints_between(connection, after + 1, through)
+    if not mints:
+        return 0
+    confirmed = await intents.confirm_mined(
+        connection, [(mint.intent_id, mint.position.block_hash) for mint in mints]
+    )
+    by_id = {intent.id: intent for intent in confirmed}
+    for mint in mints:
+        intent = by_id.pop(mint.intent_id, None)
+        if intent is not None and intent.block_hash == mint.position.block_hash:
+            _bound(mint, intent).info("mint confirmed")
+    return len(confirmed)
 
 
 async def unwind(

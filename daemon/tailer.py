@@ -475,9 +475,9 @@ class Tailer:
 
             await blocks.insert(connection, headers)
             await transfers.insert(connection, events)
-            for event in events:
-                if isinstance(event, RewardMinted):
-                    await confirmations.record_mint(connection, event)
+            await confirmations.record_mints(
+                connection, [e for e in events if isinstance(e, RewardMinted)]
+            )
             through = confirmations.confirmed_through(tip.number, self._confirmations)
             await confirmations.promote(connection, after=marker, through=through)
             await checkpoints.save(

@@ -127,11 +127,21 @@ async def unsettled(connection: asyncpg.Connection) -> list[RewardMinted]:
 
 async def mark_settled(connection: asyncpg.Connection, mint: RewardMinted) -> None:
     """Record that ``mint`` settled its intent; idempotent."""
+    await mark_settled_all(connection, [mint])
+
+
+async def mark_settled_all(
+    connection: asyncpg.Connection, mints: Sequence[RewardMinted]
+) -> None:
+    """Record that each of ``mints`` settled its intent, in one statement."""
     await connection.execute(
-        "UPDATE reward_mints SET settled_at = coalesce(settled_at, now()) "
-        "WHERE block_hash = $1 AND log_index = $2",
-        mint.position.block_hash,
-        mint.position.log_index,
+        """
+        UPDATE reward_mints AS r SET settled_at = coalesce(r.settled_at, now())
+          FROM unnest($1::bytea[], $2::int[]) AS m(block_hash, log_index)
+         WHERE r.block_hash = m.block_hash AND r.log_index = m.log_index
+        """,
+        [mint.position.block_hash for mint in mints],
+        [mint.position.log_index for mint in mints],
     )
 
 

@@ -182,6 +182,22 @@ async def get(
     return Intent.from_row(row) if row is not None else None
 
 
+async def get_many(
+    connection: asyncpg.Connection,
+    intent_ids: Sequence[bytes],
+    *,
+    for_update: bool = False,
+) -> dict[bytes, Intent]:
+    """Return the intents among ``intent_ids`` by id, optionally locking their
+    rows (in id order, as every batch locks them)."""
+    lock = " FOR UPDATE" if for_update else ""
+    rows = await connection.fetch(
+        f"SELECT * FROM intents WHERE id = ANY($1::bytea[]) ORDER BY id{lock}",
+        list(intent_ids),
+    )
+    return {bytes(row["id"]): Intent.from_row(row) for row in rows}
+
+
 async def transition(
     connection: asyncpg.Connection,
     intent_id: bytes,
@@ -263,6 +279,71 @@ async def submit_claimed(
         [tx_hash for _, _, tx_hash in signed],
     )
     assert moved == len(signed), f"{len(signed) - moved} claimed intents not ready"
+
+
+async def mark_mined(
+    connection: asyncpg.Connection,
+    mined: Sequence[tuple[bytes, bytes, int, bytes]],
+) -> None:
+    """Move submitted intents to ``mined``, with their history events.
+
+    ``mined`` holds ``(intent_id, tx_hash, block_number, block_hash)`` for
+    intents this transaction locked and found submitted. One statement for
+    the lot; raises AssertionError, rolling the caller back, if any was not.
+    """
+    moved = await connection.fetchval(
+        """
+        WITH updated AS (
+            UPDATE intents AS i
+               SET status = 'mined', status_reason = NULL, updated_at = now(),
+                   tx_hash = m.tx_hash, block_number = m.block_number,
+                   block_hash = m.block_hash
+              FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bytea[])
+                     AS m(id, tx_hash, block_number, block_hash)
+             WHERE i.id = m.id AND i.status = 'submitted'
+            RETURNING i.id
+        ), event AS (
+            INSERT INTO intent_events (intent_id, from_status, to_status, reason)
+            SELECT id, 'submitted', 'mined', NULL FROM updated
+        )
+        SELECT count(*) FROM updated
+        """,
+        [row[0] for row in mined],
+        [row[1] for row in mined],
+        [row[2] for row in mined],
+        [row[3] for row in mined],
+    )
+    assert moved == len(mined), f"{len(mined) - moved} locked intents not submitted"
+
+
+async def confirm_mined(
+    connection: asyncpg.Connection, mints: Sequence[tuple[bytes, bytes]]
+) -> list[Intent]:
+    """Move to ``confirmed`` each intent of ``mints`` (``(intent_id, block_hash)``)
+    that is ``mined`` in that block, with its history event; return them.
+
+    An intent in another status, or mined in another block, is left alone.
+    """
+    rows = await connection.fetch(
+        """
+        WITH updated AS (
+            UPDATE intents AS i
+               SET status = 'confirmed', status_reason = NULL, updated_at = now(),
+                   confirmed_at = now()
+              FROM unnest($1::bytea[], $2::bytea[]) AS m(id, block_hash)
+             WHERE i.id = m.id AND i.status = 'mined'
+               AND i.block_hash = m.block_hash
+            RETURNING i.*
+        ), event AS (
+            INSERT INTO intent_events (intent_id, from_status, to_status, reason)
+            SELECT id, 'mined', 'confirmed', NULL FROM updated
+        )
+        SELECT * FROM updated
+        """,
+        [intent_id for intent_id, _ in mints],
+        [block_hash for _, block_hash in mints],
+    )
+    return [Intent.from_row(row) for row in rows]
 
 
 _SETTABLE = {

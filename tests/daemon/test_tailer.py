@@ -180,6 +180,10 @@ async def test_a_mint_that_differs_from_its_intent_is_indexed_but_settles_nothin
         amount_wei=HNV,
         key=ROGUE_KEY,
     )
+    # Indexed in the same batch as the two above, and settles alone.
+    right, _ = await submit_intent(
+        pool, anvil, hnv, source_key="right", wallet=HOLDERS[2], amount_wei=HNV
+    )
     await anvil.mine(5)
     config = tailer_settings(database_url, [anvil.url], hnv)
     async with pool.acquire() as connection:
@@ -198,9 +202,14 @@ async def test_a_mint_that_differs_from_its_intent_is_indexed_but_settles_nothin
     await assert_index_matches_chain(pool, anvil, hnv)
     assert await status_of(pool, wrong_amount) == intents.SUBMITTED
     assert await status_of(pool, wrong_minter) == intents.SUBMITTED
+    assert await status_of(pool, right) == intents.CONFIRMED
     async with pool.acquire() as connection:
         assert len(await transfers.mints_of(connection, wrong_amount)) == 1
         assert len(await transfers.mints_of(connection, wrong_minter)) == 1
+        unsettled = {mint.intent_id for mint in await transfers.unsettled(connection)}
+        tries = await attempts.for_intent(connection, right)
+    assert unsettled == {wrong_amount, wrong_minter}
+    assert [a.status for a in tries] == [attempts.MINED]
 
 
 async def test_restarts_killed_at_random_points_of_backfill_leave_no_gap_or_duplicate(
