@@ -17,12 +17,14 @@ daemon holds (one daemon per signer, see :class:`Submitter`), in this order:
    refilled, never left as a gap) and re-price stuck ones (see stuck.py);
 5. allocate — only after 1–4 went through, so a restarted daemon reconciles
    each signer with the chain before any new work; only for active signers;
-   up to ``max_in_flight`` unmined nonces. Intents are signed in runs of a
-   few: a run's attempts, nonces and statuses are committed in one
-   transaction *before* any of its sends, and the next run is signed while
-   this one is broadcast, runs one after the other in nonce order. An
-   intent the contract already counts as minted (a restored database) is
-   never signed again: its mint is adopted, or held with an alert.
+   up to ``max_in_flight`` unmined nonces, looking again at how many the
+   node has mined whenever that room runs out, up to ``cycle_budget``
+   nonces a cycle. Intents are signed in runs of a few: a run's attempts,
+   nonces and statuses are committed in one transaction *before* any of
+   its sends, and the next run is signed while this one is broadcast, runs
+   one after the other in nonce order. An intent the contract already
+   counts as minted (a restored database) is never signed again: its mint
+   is adopted, or held with an alert.
 
 What keeps money safe: a nonce is only taken in the transaction that stores
 the signed bytes using it; nothing is sent that is not committed; every
@@ -875,10 +877,11 @@ class Submitter:
         )
         return Nonce(latest), head
 
-    # TODO: date each send by the head when the node took it, not the head the
-    # cycle began with — on a dev chain that mines each transaction as it
-    # comes, the last of a burst the node leaves pending is bumped as stuck
-    # (a replacement at the same nonce, one extra fee offer) though it is not.
+    # TODO: date each send by the head when the node took it, not the head
+    # last read before its run (at the cycle's start or when the room ran
+    # out) — on a dev chain that mines each transaction as it comes, the last
+    # of a burst the node leaves pending can be bumped as stuck (a
+    # replacement at the same nonce, one extra fee offer) though it is not.
     async def _broadcast(
         self, signer: custody.Signer, run: list[tuple[Intent, Attempt]], head: int
     ) -> bool:

@@ -56,6 +56,9 @@ def environ(
         "HAVEN_WEBHOOK_SECRETS_TRIBE": whsec(),
         "HAVEN_MASTER_KEY": Fernet.generate_key().decode(),
         "HAVEN_ADMIN_API_KEYS": f"{ADMIN_KEY},{OTHER_ADMIN_KEY}",
+        # A daemon component started here serves no metrics port, so these
+        # tests run beside a haven already listening on the default one.
+        "HAVEN_DAEMON_PORT": "0",
     }
 
 
