@@ -877,11 +877,6 @@ class Submitter:
         )
         return Nonce(latest), head
 
-    # TODO: date each send by the head when the node took it, not the head
-    # last read before its run (at the cycle's start or when the room ran
-    # out) — on a dev chain that mines each transaction as it comes, the last
-    # of a burst the node leaves pending can be bumped as stuck (a
-    # replacement at the same nonce, one extra fee offer) though it is not.
     async def _broadcast(
         self, signer: custody.Signer, run: list[tuple[Intent, Attempt]], head: int
     ) -> bool:
@@ -890,7 +885,9 @@ class Submitter:
         What follows a refused send stays signed and unsent, for tending to
         send in nonce order once the refusal is sorted out. The sends the
         node accepted are recorded together, in one statement, whatever
-        stopped the run.
+        stopped the run, and dated by the head read after them (``head``,
+        read before, if the node does not answer): never older than the
+        block the node took them at, so none looks stuck before its time.
         """
         accepted: list[tuple[Intent, Attempt]] = []
         try:
@@ -902,10 +899,19 @@ class Submitter:
                 accepted.append((intent, attempt))
             return True
         finally:
-            await self._record_sent([attempt for _, attempt in accepted], head)
+            if accepted:
+                head = await self._head_after(head)
+                await self._record_sent([attempt for _, attempt in accepted], head)
             for intent, attempt in accepted:
                 with logs.correlated(intent.request_id):
                     _log_sent(attempt, head)
+
+    async def _head_after(self, before: int) -> int:
+        try:
+            head: int = await self._rpc(self.chain.block_number)
+        except RpcUnavailableError:
+            return before
+        return max(head, before)
 
     async def _allocate_run(
         self, signer: custody.Signer, offer: Fees, limit: int

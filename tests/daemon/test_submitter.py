@@ -331,6 +331,23 @@ async def test_a_cycle_sends_past_the_in_flight_cap_as_the_node_mines_up_to_a_bu
     await rig.assert_paid_once(ids)
 
 
+async def test_a_send_is_dated_no_earlier_than_the_head_that_took_it(rig: Rig):
+    # Automine gives each transaction a block of its own as it arrives: a
+    # run dated by the head read before it would look blocks old at once,
+    # and be re-priced as stuck while the node still held it.
+    ids = await rig.add_intents(8)
+    async with running_proxy(rig.node.url, track_head=True) as proxy:
+        assert await rig.submitter(rpc_url=proxy.url).step()
+
+    took = {sent.tx.tx_hash: sent.head for sent in proxy.sends}
+    assert len(took) == 8
+    for intent_id in ids:
+        [attempt] = await rig.attempts_of(intent_id)
+        head = took[attempt.tx_hash]
+        assert attempt.sent_block is not None and head is not None
+        assert attempt.sent_block >= head
+
+
 async def saturate_and_mine(
     rig: Rig, worker: submitter.Submitter, ids: Sequence[IntentId], cap: int
 ) -> None:

@@ -20,6 +20,8 @@ and adds, at run time:
 * ``mine_each_send``: mine a block (``evm_mine``) after forwarding each
   accepted transaction and before answering, so its sender learns of the
   send only once it is mined — automine without its race;
+* ``track_head``: record, for every forwarded send, the head read from
+  the node after forwarding it and before answering;
 * ``track_in_flight``: record, for every send, how many of the sender's
   nonces up to this one are not yet mined (``nonce - latest + 1``, with
   ``latest`` read from the node at that instant).
@@ -116,6 +118,9 @@ class Sent:
     tx: RawTx
     outcome: str  # FORWARDED, HELD or REFUSED (by the proxy itself)
     in_flight: int | None = None
+    # With track_head: the head read after forwarding it, before answering —
+    # at least the block the node took it at.
+    head: int | None = None
 
 
 def replaces(new: RawTx, old: RawTx) -> bool:
@@ -146,11 +151,13 @@ class RpcProxy:
         *,
         replacement_rule: bool = False,
         track_in_flight: bool = False,
+        track_head: bool = False,
         mine_each_send: bool = False,
     ) -> None:
         self.upstream = upstream
         self.replacement_rule = replacement_rule
         self.track_in_flight = track_in_flight
+        self.track_head = track_head
         self.mine_each_send = mine_each_send
         self.down = False
         self.hold_sends = False
@@ -268,11 +275,14 @@ class RpcProxy:
                 self.sends.append(Sent(tx, HELD, in_flight))
                 return _ok(tx.tx_hash)
             answer = await self._forward("eth_sendRawTransaction", [tx.raw])
+            head = None
             if "error" not in answer:
                 self._pool.accepted[key] = tx
                 if self.mine_each_send:
                     await self._result("evm_mine", [])
-            self.sends.append(Sent(tx, FORWARDED, in_flight))
+                if self.track_head:
+                    head = int(await self._result("eth_blockNumber", []), 16)
+            self.sends.append(Sent(tx, FORWARDED, in_flight, head))
             return answer
 
     async def _underpriced(self, tx: RawTx, old: RawTx | None) -> bool:
