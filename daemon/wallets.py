@@ -214,18 +214,20 @@ async def rotate(
     *,
     old: str | None = None,
     fund_wei: int = 0,
+    actor: str | None = None,
 ) -> ChecksumAddress:
     """Create a successor of ``old``, fund it, make it a minter, drain ``old``.
 
     Returns the new address; ``old`` is left draining (see :func:`retire`).
-    Raises CustodyError when ``old`` is not one active signer.
+    Raises CustodyError when ``old`` is not one active signer. ``actor``
+    names who asked in the custody audit (the local user by default).
     """
     if fund_wei < 0:
         raise ValueError(f"fund_wei must not be negative, got {fund_wei}")
     retiring = await _retiring(pool, old)
     # Checked before anything is created: without it nothing can be granted.
     admin_key = _admin_key(settings)
-    actor = custody.default_actor()
+    actor = actor or custody.default_actor()
     new = await custody.create_signer(pool, settings, actor=actor)
     # A running daemon gives it no work before the grant below (the submitter
     # asks the token), and the grant comes after the funding.
@@ -234,7 +236,7 @@ async def rotate(
             await deploy.send_as(
                 chain, admin_key, to=new, data=b"", value=Wei(fund_wei)
             )
-        await _set_role(settings, pool, chain, new, grant=True)
+        await _set_role(settings, pool, chain, new, grant=True, actor=actor)
     except Exception as exc:
         await _abandon(pool, new, actor, exc)
         raise
@@ -268,10 +270,12 @@ async def _retiring(pool: db.Pool, old: str | None) -> ChecksumAddress:
     async with db.translate_errors(), pool.acquire() as conn:
         active = await signers.listing(conn, [signers.ACTIVE])
     chosen = [row.address for row in active if old is None or row.address == old]
+    if old is not None and not chosen:
+        raise CustodyError(f"signer {old} is not active; only an active one rotates")
     if len(chosen) != 1:
         raise CustodyError(
-            f"cannot tell which signer to rotate: {len(chosen)} active signer(s) "
-            f"match {old or 'any'}; name one with --from"
+            f"cannot tell which signer to rotate: {len(chosen)} active signers; "
+            "name one with --from"
         )
     return chosen[0]
 
@@ -283,24 +287,28 @@ async def retire(
     address: str,
     *,
     wait_s: float = DRAIN_WAIT_S,
+    actor: str | None = None,
 ) -> bool:
     """Drain ``address``, withdraw its minter role and mark it revoked.
 
     Returns False (signer left draining) when its in-flight transactions
-    are not all mined within ``wait_s``. Safe to re-run.
+    are not all mined within ``wait_s``. Safe to re-run: a signer already
+    revoked is left as it is, and True returned. ``actor`` names who asked
+    in the custody audit (the local user by default).
     """
+    actor = actor or custody.default_actor()
     async with db.transaction(pool) as conn:
         row = await signers.get(conn, address, for_update=True)
         if row is None:
             raise CustodyError(f"no signer {address} in custody")
+        if row.status == signers.REVOKED:
+            return True
         if row.status == signers.ACTIVE:
             await signers.set_status(conn, row.address, signers.DRAINING)
-            await custody.record(
-                conn, row.address, custody.DRAIN, actor=custody.default_actor()
-            )
+            await custody.record(conn, row.address, custody.DRAIN, actor=actor)
     if not await _drained(settings, pool, chain, row.address, wait_s):
         return False
-    await _set_role(settings, pool, chain, row.address, grant=False)
+    await _set_role(settings, pool, chain, row.address, grant=False, actor=actor)
     async with db.transaction(pool) as conn:
         await signers.set_status(conn, row.address, signers.REVOKED)
     return True
@@ -326,7 +334,13 @@ async def _drained(
 
 
 async def _set_role(
-    settings: Settings, pool: db.Pool, chain: ChainClient, address: str, *, grant: bool
+    settings: Settings,
+    pool: db.Pool,
+    chain: ChainClient,
+    address: str,
+    *,
+    grant: bool,
+    actor: str,
 ) -> None:
     holder = ChecksumAddress(address)
     data = (
@@ -342,7 +356,7 @@ async def _set_role(
             conn,
             address,
             custody.GRANT if grant else custody.REVOKE,
-            actor=custody.default_actor(),
+            actor=actor,
             detail={"role": "MINTER_ROLE", "tx_hash": receipt["transactionHash"]},
         )
 

@@ -145,9 +145,15 @@ async def rotate_wallet(request: web.Request) -> web.Response:
             context.chain,
             old=address,
             fund_wei=fund_wei,
+            actor=req.actor(request),
         )
         revoked = await wallets.retire(
-            context.settings, context.pool, context.chain, address, wait_s=0
+            context.settings,
+            context.pool,
+            context.chain,
+            address,
+            wait_s=0,
+            actor=req.actor(request),
         )
     req.note_audit(request, successor=new, old_revoked=revoked)
     old_row, new_row = await _row(context.pool, address), await _row(context.pool, new)
@@ -167,7 +173,12 @@ async def revoke_wallet(request: web.Request) -> web.Response:
 
     with _custody_refusals():
         revoked = await wallets.retire(
-            context.settings, context.pool, context.chain, address, wait_s=0
+            context.settings,
+            context.pool,
+            context.chain,
+            address,
+            wait_s=0,
+            actor=req.actor(request),
         )
     req.note_audit(request, revoked=revoked)
     row = await _row(context.pool, address)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from eth_account import Account
 from operators.support import (
     ADMIN_KEY,
     SIGNER,
@@ -90,18 +91,32 @@ async def test_rotating_an_idle_signer_grants_the_successor_and_revokes_it(deplo
     assert await deployed.is_minter(new["address"]) is True
     assert await deployed.is_minter(deployed.minter) is False
     trail = await deployed.service.client.get(f"{WALLETS}/{deployed.minter}/audit")
-    actions = [e["action"] for e in trail.body["entries"]]
-    assert actions[:2] == ["revoke", "rotate"]
+    entries = [(e["action"], e["actor"]) for e in trail.body["entries"]]
+    assert entries[:2] == [("revoke", KEY_ID), ("rotate", KEY_ID)]
+    successor = await deployed.service.client.get(f"{WALLETS}/{new['address']}/audit")
+    assert {e["actor"] for e in successor.body["entries"]} == {KEY_ID}
 
 
 async def test_revoking_a_signer_withdraws_its_role_and_repeats_harmlessly(deployed):
+    admin = ChecksumAddress(Account.from_key(DEV_KEYS[0]).address)
     first = await deployed.service.client.post(f"{WALLETS}/{deployed.minter}/revoke")
+    trail = await deployed.service.client.get(f"{WALLETS}/{deployed.minter}/audit")
+    sent = await deployed.chain.get_transaction_count(admin, "latest")
     again = await deployed.service.client.post(f"{WALLETS}/{deployed.minter}/revoke")
 
     assert first.status == 200
     assert first.body["wallet"]["status"] == "revoked"
     assert again.status == 200
+    assert again.body == first.body
     assert await deployed.is_minter(deployed.minter) is False
+    # The repeat sends nothing and audits nothing.
+    assert await deployed.chain.get_transaction_count(admin, "latest") == sent
+    repeated = await deployed.service.client.get(f"{WALLETS}/{deployed.minter}/audit")
+    assert repeated.body == trail.body
+    assert [(e["action"], e["actor"]) for e in trail.body["entries"]][:2] == [
+        ("revoke", KEY_ID),
+        ("drain", KEY_ID),
+    ]
 
 
 async def test_an_unknown_wallet_is_404_and_a_malformed_address_422(deployed):
