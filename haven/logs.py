@@ -21,12 +21,15 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
 from loguru import logger
 
 from haven.settings import Secret, Settings
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 MASK = "********"
 # Shorter values would mask ordinary words; the settings refuse such secrets.
@@ -106,7 +109,10 @@ def configure(
         stream.flush()
 
     logger.remove()
-    logger.configure(extra={"process": process})
+    # JSON escapes what it carries; a text line must escape control
+    # characters itself, or a client's path or header could start a line.
+    patcher = None if fmt == "json" else _escape_controls
+    logger.configure(extra={"process": process}, patcher=patcher)
     if fmt == "json":
         logger.add(write, level=level, serialize=True, backtrace=False, diagnose=False)
     else:
@@ -119,6 +125,16 @@ def configure(
             diagnose=False,
         )
     _route_standard_logging(level)
+
+
+def _escape_controls(record: Record) -> None:
+    """Write the control characters of a message as escapes: one record, one line."""
+    message = record["message"]
+    if not message.isprintable():
+        record["message"] = "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+            for c in message
+        )
 
 
 class _ToLoguru(logging.Handler):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
+import sys
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -13,9 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from loguru import logger
+from yarl import URL
 
 from harness.anvil import free_port
-from haven import db, intents, settings
+from haven import db, intents, logs, settings
 from haven.errors import SchemaOutdatedError
 from haven.listeners.app import create_app, make_runner, serve
 
@@ -277,3 +280,34 @@ async def test_every_answered_request_gets_one_structured_access_line(
     }.items() <= line["extra"].items()
     assert line["extra"]["body_bytes"] > 0
     assert line["extra"]["duration_ms"] >= 0
+
+
+async def test_a_request_path_cannot_forge_a_text_log_line(
+    listener_settings, redis_client
+):
+    forged = "17:40:00.000 CRITICAL haven.daemon.submitter FORGED double mint"
+    captured = io.StringIO()
+    logs.configure(None, process="listener", sink=captured)
+    pool = await db.create_pool(listener_settings.database_url.reveal(), min_size=0)
+    runner = make_runner(create_app(listener_settings, pool, redis_client))
+    await runner.setup()
+    port = free_port()
+    target = "/nope%0A" + forged.replace(" ", "%20") + "%00"
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        url = URL(f"http://127.0.0.1:{port}{target}", encoded=True)
+        async with aiohttp.ClientSession() as session, session.get(url) as reply:
+            await reply.read()
+    finally:
+        await runner.cleanup()
+        await pool.close()
+        logger.configure(patcher=None)
+        logger.remove()
+        logger.add(sys.stderr)
+    lines = captured.getvalue().splitlines()
+
+    assert reply.status == 404
+    [access] = [line for line in lines if "FORGED" in line]
+    assert "GET /nope\\n17:40:00.000 CRITICAL" in access
+    assert not any(line.startswith(forged) for line in lines)
+    assert "\x00" not in captured.getvalue()

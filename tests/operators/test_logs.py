@@ -101,6 +101,17 @@ async def test_no_secret_reaches_the_logs_whatever_the_requests_carry(
     assert all(e["process"] == "listener" for e in extras)
 
 
+def test_a_text_line_escapes_control_characters_in_its_message(captured):
+    logs.configure(None, process="listener", sink=captured)
+    try:
+        logger.info("GET /nope\n17:40:00.000 CRITICAL forged\x00 404")
+    finally:
+        logger.configure(patcher=None)
+
+    [line] = captured.getvalue().splitlines()
+    assert "GET /nope\\n17:40:00.000 CRITICAL forged\\x00 404" in line
+
+
 def test_a_correlated_block_binds_the_request_id_to_every_line(captured):
     logs.configure(None, process="daemon", sink=captured)
 
