@@ -15,8 +15,11 @@ the first untrusted address is the client. Entries left of it are written
 by the client itself and prove nothing.
 
 Redis is an optimisation here, not a source of truth: when it cannot be
-reached, requests are let through. One warning is logged when Redis goes
-away and one line when it answers again, not one per request.
+reached, requests are let through. After a failure the limits are not
+asked for ``redis_retry_s`` (5 s): a Redis that hangs rather than refuses
+costs one request in that time its socket timeout, not every request. One
+warning is logged when Redis goes away and one line when it answers
+again, not one per request.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from redis.exceptions import RedisError
 from haven.errors import RedisUnavailableError
 from haven.listeners.answers import Rejection
 from haven.settings import Settings
+
+# After Redis fails, how long requests skip the limits before it is asked again.
+REDIS_RETRY_S = 5.0
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -105,7 +111,12 @@ class Limiter:
     """Counts requests against the per-IP and per-partner limits."""
 
     def __init__(
-        self, redis: aioredis.Redis, *, prefix: str, limits: RateLimits
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        limits: RateLimits,
+        redis_retry_s: float = REDIS_RETRY_S,
     ) -> None:
         """Share ``redis``'s pool; raise ValueError on a bad limit or network."""
         storage = RedisStorage(
@@ -124,6 +135,8 @@ class Limiter:
             ipaddress.ip_network(cidr, strict=False) for cidr in limits.trusted_proxies
         )
         self._is_redis_lost = False
+        self._redis_retry_s = redis_retry_s
+        self._skip_until = 0.0
 
     async def check_ip(
         self, remote_addr: str, *, forwarded_for: str | None = None
@@ -160,6 +173,8 @@ class Limiter:
     async def _hit(
         self, item: RateLimitItem, scope: str, who: str, counted: str
     ) -> None:
+        if self._is_redis_lost and time.monotonic() < self._skip_until:
+            return
         try:
             allowed = await self._count(item, scope, who)
         except RedisUnavailableError:
@@ -175,6 +190,7 @@ class Limiter:
             )
 
     def _lost_redis(self) -> None:
+        self._skip_until = time.monotonic() + self._redis_retry_s
         # Every request fails the same way during an outage: say it once.
         if self._is_redis_lost:
             return

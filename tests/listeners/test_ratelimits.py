@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 
 import pytest
@@ -112,7 +113,9 @@ async def test_a_redis_outage_is_logged_once_when_lost_and_once_when_back(
             client = aioredis.from_url(
                 server.url, socket_timeout=1, socket_connect_timeout=1
             )
-            limiter = Limiter(client, prefix=redis_prefix, limits=RateLimits())
+            limiter = Limiter(
+                client, prefix=redis_prefix, limits=RateLimits(), redis_retry_s=0
+            )
             await limiter.check_ip("203.0.113.7")
             await server.kill()
             for _ in range(3):
@@ -128,6 +131,47 @@ async def test_a_redis_outage_is_logged_once_when_lost_and_once_when_back(
     about_limits = [line.strip() for line in lines if "rate limit" in line]
     assert [line.split(" ", 1)[0] for line in about_limits] == ["WARNING", "INFO"]
     assert "Redis unavailable" in about_limits[0]
+
+
+async def test_a_hanging_redis_is_asked_once_per_retry_period_not_per_request(
+    redis_prefix,
+):
+    received: list[bytes] = []
+
+    async def swallow(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                received.append(chunk)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.2)
+    try:
+        limiter = Limiter(client, prefix=redis_prefix, limits=RateLimits())
+        await limiter.check_ip("203.0.113.7")
+        asked = len(received)
+        for _ in range(5):
+            await limiter.check_ip("203.0.113.7")
+            await limiter.check_partner("aurora")
+        skipped = len(received) == asked
+        again = Limiter(
+            client, prefix=redis_prefix, limits=RateLimits(), redis_retry_s=0
+        )
+        await again.check_ip("203.0.113.7")
+        await again.check_ip("203.0.113.7")
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+
+    assert asked > 0
+    assert skipped
+    # With no retry period, each request asks the hanging Redis again.
+    assert len(received) > asked + 1
 
 
 @pytest.mark.parametrize(
