@@ -9,13 +9,17 @@ at a third of the cost, which matters on the webhook path.
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
 from haven.listeners import correlation
 
 LIBRARY = "aiohttp.access"
+SERVER_LIBRARY = "aiohttp.server"
 
 
 class AccessLog(AbstractAccessLogger):
@@ -39,3 +43,30 @@ class AccessLog(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return True
+
+
+class ClientMistakes(logging.Filter):
+    """Report a request aiohttp could not parse as one warning, no traceback.
+
+    aiohttp logs a header over its limit, or bytes that are not HTTP, at
+    ERROR with a traceback, though the client is answered a plain 400 and
+    nothing of ours failed: any client could fill the error log at will.
+    Errors of the application itself keep their level and traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            remote = record.args[0] if isinstance(record.args, tuple) else None
+            record.msg = "refused a request from %s that is not valid HTTP (400): %s"
+            record.args = (remote or "an unknown client", exc.message)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_client_mistakes() -> None:
+    """Install :class:`ClientMistakes` on aiohttp's server logger, once."""
+    server = logging.getLogger(SERVER_LIBRARY)
+    if not any(isinstance(f, ClientMistakes) for f in server.filters):
+        server.addFilter(ClientMistakes())

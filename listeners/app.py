@@ -190,6 +190,7 @@ async def serve(settings: Settings) -> None:
 
 def make_runner(app: web.Application) -> web.AppRunner:
     """The runner of ``app`` as `haven listen` serves it, with its access log."""
+    access.quiet_client_mistakes()
     return web.AppRunner(
         app,
         handle_signals=False,

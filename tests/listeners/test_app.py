@@ -311,3 +311,36 @@ async def test_a_request_path_cannot_forge_a_text_log_line(
     assert "GET /nope\\n17:40:00.000 CRITICAL" in access
     assert not any(line.startswith(forged) for line in lines)
     assert "\x00" not in captured.getvalue()
+
+
+async def test_a_request_that_is_not_valid_http_is_one_warning_not_an_error(
+    listener_settings, redis_client
+):
+    captured = io.StringIO()
+    logs.configure(None, process="listener", sink=captured)
+    pool = await db.create_pool(listener_settings.database_url.reveal(), min_size=0)
+    runner = make_runner(create_app(listener_settings, pool, redis_client))
+    await runner.setup()
+    port = free_port()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{port}/healthz", headers={"X-Long": "A" * 9000}
+            ) as reply,
+        ):
+            await reply.read()
+    finally:
+        await runner.cleanup()
+        await pool.close()
+        logger.configure(patcher=None)
+        logger.remove()
+        logger.add(sys.stderr)
+    lines = captured.getvalue().splitlines()
+
+    assert reply.status == 400
+    [refused] = [line for line in lines if "not valid HTTP" in line]
+    assert "WARNING" in refused and "127.0.0.1" in refused
+    assert "Got more than 8190 bytes" in refused
+    assert not any("ERROR" in line or "Traceback" in line for line in lines)
