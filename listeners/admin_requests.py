@@ -172,7 +172,7 @@ def path_address(request: web.Request, name: str = "address") -> ChecksumAddress
 
 def path_int(request: web.Request, name: str) -> int:
     text = request.match_info[name]
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
+    if not text.isascii() or not text.isdigit() or len(text) > 18 or int(text) < 1:
         raise invalid(name, "expected a positive integer")
     return int(text)
 
@@ -338,6 +338,10 @@ class Body:
 
     def _fail(self, name: str, message: str) -> None:
         self.problems.append({"path": name, "message": message})
+
+    def raw(self, name: str) -> Any:
+        """Return the field as sent (None when absent), for a caller to judge."""
+        return self._fields.get(name)
 
     def text(
         self, name: str, *, required: bool = False, max_length: int = MAX_NOTE_LENGTH

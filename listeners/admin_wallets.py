@@ -187,15 +187,24 @@ async def revoke_wallet(request: web.Request) -> web.Response:
 
 
 def _fund_wei(body: req.Body) -> int:
-    text = body.text("fund_wei", max_length=25)
-    if text is None:
+    value = body.raw("fund_wei")
+    if value is None:
         return 0
-    if not (text.isascii() and text.isdigit()) or int(text) > MAX_FUND_WEI:
+    if (
+        not isinstance(value, str)
+        or not (value.isascii() and value.isdigit())
+        or len(value) > 25
+        or int(value) > MAX_FUND_WEI
+    ):
         body.problems.append(
-            {"path": "fund_wei", "message": "expected a string of digits (wei)"}
+            {
+                "path": "fund_wei",
+                "message": "expected a string of digits (wei), at most "
+                f'"{MAX_FUND_WEI}"',
+            }
         )
         return 0
-    return int(text)
+    return int(value)
 
 
 @contextmanager

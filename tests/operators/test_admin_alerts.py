@@ -86,11 +86,11 @@ async def test_a_move_the_lifecycle_forbids_is_409_and_an_unknown_alert_404(
 
     again = await client.post(f"{ALERTS}/{alert_id}/acknowledge")
     unknown = await client.post(f"{ALERTS}/987654/acknowledge")
-    malformed = await client.get(f"{ALERTS}/abc")
+    malformed = [await client.get(f"{ALERTS}/{text}") for text in ("abc", "-1", "0")]
 
     assert (again.status, again.error_code) == (409, "wrong_status")
     assert (unknown.status, unknown.error_code) == (404, "not_found")
-    assert malformed.status == 422
+    assert [reply.status for reply in malformed] == [422, 422, 422]
 
 
 async def test_alerts_are_paged_newest_first_with_filters_kept_across_pages(

@@ -119,6 +119,22 @@ async def test_revoking_a_signer_withdraws_its_role_and_repeats_harmlessly(deplo
     ]
 
 
+@pytest.mark.parametrize("fund_wei", [-1, 5, "-1", "1.5", "12a", "", "9" * 26])
+async def test_a_rotation_with_a_bad_fund_wei_is_422_and_creates_nothing(
+    deployed, fund_wei
+):
+    reply = await deployed.service.client.post(
+        f"{WALLETS}/{deployed.minter}/rotate", json={"fund_wei": fund_wei}
+    )
+    listed = await deployed.service.client.get(WALLETS)
+
+    assert (reply.status, reply.error_code) == (422, "invalid_request")
+    [problem] = reply.body["error"]["fields"]
+    assert problem["path"] == "fund_wei"
+    assert problem["message"].startswith("expected a string of digits (wei)")
+    assert [w["address"] for w in listed.body["wallets"]] == [deployed.minter]
+
+
 async def test_an_unknown_wallet_is_404_and_a_malformed_address_422(deployed):
     unknown = await deployed.service.client.get(f"{WALLETS}/0x" + "12" * 20)
     malformed = await deployed.service.client.post(f"{WALLETS}/0x12/rotate")
