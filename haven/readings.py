@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import asyncpg
 from loguru import logger
@@ -27,6 +28,8 @@ from haven.daemon import attempts, signers
 from haven.errors import ChainError, DatabaseUnavailableError
 from haven.reconciler import breaks, snapshot
 from haven.settings import Settings
+
+T = TypeVar("T")
 
 READING_TIMEOUT_S = 5.0
 UNASSIGNED = "unassigned"
@@ -66,19 +69,38 @@ async def tail_position(pool: asyncpg.Pool, chain: ChainClient) -> TailPosition:
 
 
 async def read_all(sources: Sources) -> list[Metric]:
-    """Return every state family; never raises for a source that is down."""
-    database, chain = await asyncio.gather(
+    """Return every state family; never raises for a source that is down.
+
+    Each source is up or down on its own: the chain's gauges that need the
+    database too (the tailer's lag, the signers' balances) are left out
+    when only the database is down, and the chain still counts as up.
+    """
+    database, head = await asyncio.gather(
         _guarded("postgres", _read_database(sources)),
-        _guarded("chain", _read_chain(sources)),
+        _guarded("chain", sources.chain.block_number()),
     )
-    up = [(("postgres",), float(database is not None))]
-    up.append((("chain",), float(chain is not None)))
-    return [*(database or []), *(chain or []), metrics.SOURCE_UP.family(up)]
+    families = list(database.families) if database is not None else []
+    chain_up = head is not None
+    if head is not None:
+        families.append(metrics.CHAIN_HEAD.family([((), float(head))]))
+    if head is not None and database is not None:
+        lag = TailPosition(head, database.checkpoint_block).lag_blocks
+        families.append(metrics.TAIL_LAG.family([((), float(lag))]))
+        balances = await _guarded(
+            "chain", _signer_balances(sources.chain, database.signers)
+        )
+        chain_up = balances is not None
+        if balances is not None:
+            families.append(
+                metrics.SIGNER_BALANCE.family(
+                    ((address,), float(wei)) for address, wei in balances.items()
+                )
+            )
+    up = [(("postgres",), float(database is not None)), (("chain",), float(chain_up))]
+    return [*families, metrics.SOURCE_UP.family(up)]
 
 
-async def _guarded(
-    source: str, reading: Awaitable[list[Metric]]
-) -> list[Metric] | None:
+async def _guarded(source: str, reading: Awaitable[T]) -> T | None:
     try:
         return await asyncio.wait_for(reading, READING_TIMEOUT_S)
     except (TimeoutError, ChainError, DatabaseUnavailableError, OSError) as exc:
@@ -89,15 +111,25 @@ async def _guarded(
         return None
 
 
-async def _read_database(sources: Sources) -> list[Metric]:
+@dataclass(frozen=True)
+class _DatabaseReading:
+    families: list[Metric]
+    checkpoint_block: int | None
+    signers: list[str]
+
+
+async def _read_database(sources: Sources) -> _DatabaseReading:
     async with db.translate_errors(), sources.pool.acquire() as connection:
         by_status = await intents.count_by_status(connection)
         live = await attempts.live(connection)
         working = await signers.listing(connection, signers.WORKING)
         open_breaks = await breaks.open_breaks(connection)
-    in_flight, queued = signer_loads(live, [row.address for row in working])
+    # The lowest checkpoint when several tailers run: the conservative lag.
+    checkpoint = await snapshot.checkpoint_block(sources.pool, None)
+    addresses = [row.address for row in working]
+    in_flight, queued = signer_loads(live, addresses)
     ready = by_status.get(intents.READY, (0, 0))[0]
-    return [
+    families = [
         _intents_family(by_status),
         metrics.SIGNER_IN_FLIGHT.family(
             ((signer,), float(count)) for signer, count in in_flight.items()
@@ -110,18 +142,7 @@ async def _read_database(sources: Sources) -> list[Metric]:
         ),
         *_breaks_families(open_breaks, datetime.now(UTC)),
     ]
-
-
-async def _read_chain(sources: Sources) -> list[Metric]:
-    position = await tail_position(sources.pool, sources.chain)
-    balances = await _signer_balances(sources.pool, sources.chain)
-    return [
-        metrics.CHAIN_HEAD.family([((), float(position.head_block))]),
-        metrics.TAIL_LAG.family([((), float(position.lag_blocks))]),
-        metrics.SIGNER_BALANCE.family(
-            ((address,), float(wei)) for address, wei in balances.items()
-        ),
-    ]
+    return _DatabaseReading(families, checkpoint, addresses)
 
 
 def _intents_family(by_status: Mapping[str, tuple[int, int]]) -> Metric:
@@ -178,9 +199,6 @@ def _breaks_families(
     ]
 
 
-async def _signer_balances(pool: asyncpg.Pool, chain: ChainClient) -> dict[str, int]:
-    async with db.translate_errors(), pool.acquire() as connection:
-        rows = await signers.listing(connection, signers.WORKING)
-    addresses = [row.address for row in rows]
+async def _signer_balances(chain: ChainClient, addresses: list[str]) -> dict[str, int]:
     found = await asyncio.gather(*(chain.get_balance(a) for a in addresses))
     return dict(zip(addresses, found, strict=True))

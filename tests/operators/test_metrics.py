@@ -7,6 +7,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
+import asyncpg
 import orjson
 from operators.support import (
     SIGNER,
@@ -18,7 +19,7 @@ from operators.support import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.anvil import free_port
-from haven import db, intents, settings
+from haven import db, intents, readings, settings
 from haven.chain import ChainClient
 from haven.daemon import http
 from haven.daemon.breaker import CircuitBreaker
@@ -201,6 +202,32 @@ async def test_the_daemon_serves_metrics_health_and_its_breakers_on_its_own_host
     assert value(found, "haven_breaker_state", breaker="rpc") == 2  # open
     assert value(found, "haven_intents", status="ready") == 0
     assert value(found, "haven_scrape_source_up", source="chain") == 1
+
+
+async def test_a_database_outage_leaves_the_chain_up_with_its_head(
+    database_url, redis_prefix, anvil
+):
+    loaded = settings.load(environ(database_url, redis_prefix, anvil.url))
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/haven"
+    dead = await asyncpg.create_pool(nowhere, min_size=0, timeout=2)
+    try:
+        async with ChainClient(loaded.rpc_url, chain_id=loaded.chain_id) as chain:
+            head = await chain.block_number()
+            families = await readings.read_all(readings.Sources(loaded, dead, chain))
+    finally:
+        await dead.close()
+    found = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families
+        for sample in family.samples
+    }
+
+    assert value(found, "haven_scrape_source_up", source="postgres") == 0
+    assert value(found, "haven_scrape_source_up", source="chain") == 1
+    assert value(found, "haven_chain_head_block") == head
+    # What needs both sources is left out, not reported as zero.
+    assert value(found, "haven_tail_lag_blocks") is None
+    assert value(found, "haven_intents", status="ready") is None
 
 
 async def _trip(breaker: CircuitBreaker) -> None:
