@@ -162,6 +162,7 @@ def _aging(data: dict[str, Any]) -> str:
     cells = [
         f'<tr><td>{_e(row["class"])}</td><td class="{_e(row["priority"])}">'
         f"{_e(row['priority'])}</td>{_num(row['count'], 'aging:' + row['class'])}"
+        + _num(row["accepted"])
         + "".join(_num(row["buckets"][label]) for label in labels)
         + "</tr>"
         for row in data["breaks_by_class"]
@@ -169,7 +170,8 @@ def _aging(data: dict[str, Any]) -> str:
     header = [
         "Class",
         "Priority",
-        "Open",
+        "Breaks",
+        "Accepted",
         "< 1 day",
         "1–7 days",
         "8–30 days",

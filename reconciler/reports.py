@@ -328,6 +328,7 @@ def _aging(listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "class": cls,
                 "priority": breaks.PRIORITY[cls],
                 "count": len(mine),
+                "accepted": sum(1 for row in mine if row["accepted"]),
                 "oldest_age_s": max((row["age_s"] for row in mine), default=None),
                 "buckets": buckets,
             }
@@ -618,7 +619,10 @@ def render_table(data: dict[str, Any]) -> str:
     ]
     lines += [
         "",
-        *_table(["class", "priority", "open", *_bucket_labels()], _aging_cells(data)),
+        *_table(
+            ["class", "priority", "breaks", "accepted", *_bucket_labels()],
+            _aging_cells(data),
+        ),
     ]
     lines += [
         "",
@@ -680,6 +684,7 @@ def _aging_cells(data: dict[str, Any]) -> list[list[str]]:
             r["class"],
             r["priority"],
             str(r["count"]),
+            str(r["accepted"]),
             *(str(n) for n in r["buckets"].values()),
         ]
         for r in data["breaks_by_class"]

@@ -263,13 +263,39 @@ async def test_breaks_are_aged_from_their_first_sighting(
     stale_row = next(
         r for r in report.data["breaks_by_class"] if r["class"] == breaks.STALE_INTENT
     )
-    assert stale_row["count"] == 1
+    assert (stale_row["count"], stale_row["accepted"]) == (1, 0)
     assert stale_row["buckets"] == {"under_1d": 0, "1_7d": 0, "8_30d": 1, "over_30d": 0}
     checker = _Checker()
     checker.feed(reports.render(report, "html"))
     assert checker.errors == [] and checker.open == []
     assert checker.fields["aging:stale_intent"] == "1"
     assert "10d" in reports.render(report, "table")
+
+
+async def test_accepted_breaks_are_counted_apart_in_their_class(
+    book, chain, haven_settings, config
+):
+    for _ in range(2):
+        stale = await book.intent(status=intents.READY)
+        await book.backdate(stale, config.stale_intent_grace_s + 60)
+    await book.index()
+    await runs.execute(book.pool, chain, config)
+    async with book.pool.acquire() as connection:
+        subject = await connection.fetchval(
+            "SELECT subject FROM breaks WHERE class = $1 LIMIT 1", breaks.STALE_INTENT
+        )
+        await breaks.accept(
+            connection, breaks.STALE_INTENT, subject, by="key:ops", note="known"
+        )
+
+    report = await reports.build(book.pool, chain, haven_settings, config=config)
+
+    stale_row = next(
+        r for r in report.data["breaks_by_class"] if r["class"] == breaks.STALE_INTENT
+    )
+    assert (stale_row["count"], stale_row["accepted"]) == (2, 1)
+    table = reports.render(report, "table")
+    assert "breaks  accepted" in table
 
 
 def test_age_buckets_follow_whole_days():
