@@ -151,8 +151,17 @@ class _ToLoguru(logging.Handler):
         )
 
 
+# Libraries whose INFO lines narrate routine (APScheduler: every job added
+# and every run of it): heard from at WARNING unless haven logs at DEBUG.
+_CHATTY = ("apscheduler",)
+
+
 def _route_standard_logging(level: str) -> None:
     logging.basicConfig(handlers=[_ToLoguru()], level=level, force=True)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if level == "DEBUG" else logging.WARNING
+        )
 
 
 @contextmanager

@@ -152,3 +152,15 @@ def test_records_of_libraries_using_logging_are_json_lines_too(captured):
     assert record["level"]["name"] == "ERROR"
     assert record["extra"]["library"] == "asyncpg.pool"
     assert "ConnectionRefusedError" in json.loads(lines[0])["text"]
+
+
+def test_routine_scheduler_lines_are_heard_only_at_debug(captured):
+    logs.configure(None, process="reconciler", sink=captured)
+    try:
+        logging.getLogger("apscheduler.scheduler").info("Adding job tentatively")
+        logging.getLogger("apscheduler.scheduler").warning("job missed by 5 s")
+    finally:
+        logging.basicConfig(handlers=[], force=True)
+
+    lines = captured.getvalue().splitlines()
+    assert len(lines) == 1 and "job missed by 5 s" in lines[0]
