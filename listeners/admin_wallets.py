@@ -147,14 +147,7 @@ async def rotate_wallet(request: web.Request) -> web.Response:
             fund_wei=fund_wei,
             actor=req.actor(request),
         )
-        revoked = await wallets.retire(
-            context.settings,
-            context.pool,
-            context.chain,
-            address,
-            wait_s=0,
-            actor=req.actor(request),
-        )
+        revoked = await _retire_now(request, address)
     req.note_audit(request, successor=new, old_revoked=revoked)
     old_row, new_row = await _row(context.pool, address), await _row(context.pool, new)
     body_out = {
@@ -172,18 +165,24 @@ async def revoke_wallet(request: web.Request) -> web.Response:
     await _row(context.pool, address)
 
     with _custody_refusals():
-        revoked = await wallets.retire(
-            context.settings,
-            context.pool,
-            context.chain,
-            address,
-            wait_s=0,
-            actor=req.actor(request),
-        )
+        revoked = await _retire_now(request, address)
     req.note_audit(request, revoked=revoked)
     row = await _row(context.pool, address)
     wallet = await wallet_json(context.chain, row)
     return req.respond({"wallet": wallet}, status=200 if revoked else 202)
+
+
+async def _retire_now(request: web.Request, address: str) -> bool:
+    """Drain ``address`` and revoke it if nothing of it is in flight; no waiting."""
+    context = req.context(request)
+    return await wallets.retire(
+        context.settings,
+        context.pool,
+        context.chain,
+        address,
+        wait_s=0,
+        actor=req.actor(request),
+    )
 
 
 def _fund_wei(body: req.Body) -> int:

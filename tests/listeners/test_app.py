@@ -7,6 +7,9 @@ import io
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -282,28 +285,40 @@ async def test_every_answered_request_gets_one_structured_access_line(
     assert line["extra"]["duration_ms"] >= 0
 
 
-async def test_a_request_path_cannot_forge_a_text_log_line(
-    listener_settings, redis_client
-):
-    forged = "17:40:00.000 CRITICAL haven.daemon.submitter FORGED double mint"
+@asynccontextmanager
+async def served_with_text_logs(
+    listener_settings: settings.Settings, redis_client: Any
+) -> AsyncIterator[tuple[str, io.StringIO]]:
+    """Serve the listener as `haven listen` does, logging text into a buffer."""
     captured = io.StringIO()
     logs.configure(None, process="listener", sink=captured)
     pool = await db.create_pool(listener_settings.database_url.reveal(), min_size=0)
     runner = make_runner(create_app(listener_settings, pool, redis_client))
     await runner.setup()
     port = free_port()
-    target = "/nope%0A" + forged.replace(" ", "%20") + "%00"
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        url = URL(f"http://127.0.0.1:{port}{target}", encoded=True)
-        async with aiohttp.ClientSession() as session, session.get(url) as reply:
-            await reply.read()
+        yield f"http://127.0.0.1:{port}", captured
     finally:
         await runner.cleanup()
         await pool.close()
         logger.configure(patcher=None)
         logger.remove()
         logger.add(sys.stderr)
+
+
+async def test_a_request_path_cannot_forge_a_text_log_line(
+    listener_settings, redis_client
+):
+    forged = "17:40:00.000 CRITICAL haven.daemon.submitter FORGED double mint"
+    target = "/nope%0A" + forged.replace(" ", "%20") + "%00"
+    async with served_with_text_logs(listener_settings, redis_client) as (
+        base,
+        captured,
+    ):
+        url = URL(base + target, encoded=True)
+        async with aiohttp.ClientSession() as session, session.get(url) as reply:
+            await reply.read()
     lines = captured.getvalue().splitlines()
 
     assert reply.status == 404
@@ -316,27 +331,12 @@ async def test_a_request_path_cannot_forge_a_text_log_line(
 async def test_a_request_that_is_not_valid_http_is_one_warning_not_an_error(
     listener_settings, redis_client
 ):
-    captured = io.StringIO()
-    logs.configure(None, process="listener", sink=captured)
-    pool = await db.create_pool(listener_settings.database_url.reveal(), min_size=0)
-    runner = make_runner(create_app(listener_settings, pool, redis_client))
-    await runner.setup()
-    port = free_port()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(
-                f"http://127.0.0.1:{port}/healthz", headers={"X-Long": "A" * 9000}
-            ) as reply,
-        ):
-            await reply.read()
-    finally:
-        await runner.cleanup()
-        await pool.close()
-        logger.configure(patcher=None)
-        logger.remove()
-        logger.add(sys.stderr)
+    async with (
+        served_with_text_logs(listener_settings, redis_client) as (base, captured),
+        aiohttp.ClientSession() as session,
+        session.get(f"{base}/healthz", headers={"X-Long": "A" * 9000}) as reply,
+    ):
+        await reply.read()
     lines = captured.getvalue().splitlines()
 
     assert reply.status == 400
