@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 from collections.abc import Awaitable, Callable
 
-from haven import db, deploy, token
+from haven import db, deploy, migrations, token
 from haven.chain import ChainClient
 from haven.daemon import custody, nonces, signers
 from haven.errors import ConfigError, CustodyError, RpcUnavailableError
@@ -27,6 +28,8 @@ from haven.settings import Settings
 from haven.types import ChecksumAddress, Wei, checksum
 
 DRAIN_WAIT_S = 600.0
+# The longest --wait-s: a day; a drain that takes longer is repeated later.
+MAX_WAIT_S = 86_400.0
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -88,10 +91,22 @@ def _wei(text: str) -> int:
     return int(text)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_WAIT_S:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds from 0 to {MAX_WAIT_S:.0f}, got {text!r}"
+        )
+    return value
+
+
 def _add_wait(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait-s",
-        type=float,
+        type=_seconds,
         default=DRAIN_WAIT_S,
         help="how long to wait for in-flight transactions to be mined",
     )
@@ -102,6 +117,7 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
     handler = _HANDLERS[args.wallet_command]
     pool = await db.create_pool(settings.database_url.reveal(), max_size=2)
     try:
+        await migrations.ensure_current(pool)
         return await handler(settings, pool, args)
     finally:
         await pool.close()
@@ -271,7 +287,13 @@ async def _retiring(pool: db.Pool, old: str | None) -> ChecksumAddress:
         active = await signers.listing(conn, [signers.ACTIVE])
     chosen = [row.address for row in active if old is None or row.address == old]
     if old is not None and not chosen:
-        raise CustodyError(f"signer {old} is not active; only an active one rotates")
+        async with db.translate_errors(), pool.acquire() as conn:
+            known = await signers.get(conn, old)
+        if known is None:
+            raise CustodyError(f"no signer {old} in custody")
+        raise CustodyError(
+            f"signer {old} is {known.status}; only an active one rotates"
+        )
     if len(chosen) != 1:
         raise CustodyError(
             f"cannot tell which signer to rotate: {len(chosen)} active signers; "
@@ -303,6 +325,9 @@ async def retire(
             raise CustodyError(f"no signer {address} in custody")
         if row.status == signers.REVOKED:
             return True
+        # Checked before anything changes: without it the role stays granted
+        # and the signer would be left draining for nothing.
+        _admin_key(settings)
         if row.status == signers.ACTIVE:
             await signers.set_status(conn, row.address, signers.DRAINING)
             await custody.record(conn, row.address, custody.DRAIN, actor=actor)

@@ -30,9 +30,10 @@ import asyncpg
 from cryptography.fernet import Fernet, MultiFernet
 from loguru import logger
 
-from haven import archives, db
+from haven import archives, db, migrations
 from haven.archives import BackupError, Manifest, inspect
 from haven.chain import ChainClient
+from haven.errors import SchemaOutdatedError
 from haven.reconciler import reports, runs
 from haven.settings import Settings, mask_dsn
 
@@ -546,6 +547,12 @@ async def _reconciliation(
         return NOT_CHECKED, ("HAVEN_RPC_URL or HAVEN_CHAIN_ID is unset",)
     pool = await db.create_pool(dsn, max_size=2)
     try:
+        try:
+            await migrations.ensure_current(pool)
+        except SchemaOutdatedError as exc:
+            # A backup taken before an upgrade's migrations: its books are
+            # checked once restored and migrated.
+            return NOT_CHECKED, (f"the backup's {exc}",)
         async with ChainClient(settings.rpc_url, chain_id=settings.chain_id) as chain:
             report = await reports.build(
                 pool, chain, settings, as_of=datetime.fromisoformat(manifest.created_at)
@@ -587,7 +594,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_directory(parser)
     parser.add_argument(
         "--keep",
-        type=int,
+        type=_keep_count,
         default=DEFAULT_KEEP,
         help=f"backups of this database to keep (default {DEFAULT_KEEP})",
     )
@@ -648,6 +655,18 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
     path = await take(dsn, args.dir, keys, keep=args.keep)
     print(path)
     return 0
+
+
+def _keep_count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of backups, 1 or more, got {text!r}"
+        )
+    return value
 
 
 def _newest(directory: Path, database: str) -> Path:

@@ -32,6 +32,8 @@ from haven.errors import (
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
 EXIT_FAILED = 1
+# Hot wallets one deployment authorises at most: each is a key to guard.
+MAX_SIGNERS = 32
 
 
 def _load(require: Collection[str] | None = None) -> settings.Settings:
@@ -132,6 +134,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo.main(args))
 
 
+def _signer_count(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SIGNERS:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 1 to {MAX_SIGNERS}, got {text!r}"
+        )
+    return value
+
+
 def _wei(text: str) -> int:
     value = int(text, 10)
     if value < 0:
@@ -188,9 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deploy.add_argument(
         "--signers",
-        type=int,
+        type=_signer_count,
         default=1,
-        help="number of hot wallets to authorise (default 1)",
+        help=f"number of hot wallets to authorise, 1 to {MAX_SIGNERS} (default 1)",
     )
     add("listen", _cmd_listen, "run the partner webhook listener and admin API")
     add("run", _cmd_run, "run the minting and chain-tailing daemon")

@@ -28,6 +28,9 @@ _UNAVAILABLE = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionFailureError,
+    # Refused at login: no such database, no such role, a wrong password.
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
 )
 
 Pool = asyncpg.Pool

@@ -16,7 +16,7 @@ from eth_abi import encode
 from eth_account import Account
 from loguru import logger
 
-from haven import contracts, db, token
+from haven import contracts, db, migrations, token
 from haven.chain import ChainClient, from_hex
 from haven.daemon import custody
 from haven.errors import ChainError, ConfigError
@@ -117,6 +117,7 @@ async def deploy(
     admin = checksum(Account.from_key(key).address)
     pool = await db.create_pool(settings.database_url.reveal(), max_size=2)
     try:
+        await migrations.ensure_current(pool)
         async with ChainClient(settings.rpc_url, chain_id=settings.chain_id) as chain:
             await chain.verify_chain_id()
             created = await _create_contract(chain, key, admin)

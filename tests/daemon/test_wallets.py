@@ -116,6 +116,33 @@ async def test_a_rotation_without_the_deployer_key_creates_nothing(rig: Rig):
     assert await statuses(rig) == before
 
 
+async def test_a_revoke_without_the_deployer_key_changes_nothing(rig: Rig):
+    environ = {k: v for k, v in rig.env().items() if k != "HAVEN_DEPLOYER_KEY"}
+    before = await statuses(rig)
+    (signer,) = before
+
+    with pytest.raises(ConfigError, match="HAVEN_DEPLOYER_KEY"):
+        await wallets.command(settings.load(environ), parse("revoke", signer))
+
+    assert await statuses(rig) == before
+    async with rig.pool.acquire() as connection:
+        trail = await custody.audit_trail(connection, signer)
+    assert "drain" not in [entry.action for entry in trail]
+
+
+@pytest.mark.parametrize("wait", ["-5", "nan", "1e400", "inf", "86401", "soon"])
+def test_revoke_refuses_a_wait_that_is_not_a_sane_number_of_seconds(wait: str):
+    with pytest.raises(SystemExit):
+        parse("revoke", "0x5fbdb2315678afecb367f032d93f642f64180aa3", "--wait-s", wait)
+
+
+async def test_rotating_a_signer_not_in_custody_says_so(rig: Rig):
+    stranger = checksum(Account.create().address)
+
+    with pytest.raises(CustodyError, match=f"no signer {stranger} in custody"):
+        await wallets.command(rig.settings(), parse("rotate", "--from", stranger))
+
+
 @pytest.mark.parametrize("amount", ["-5", "1e18", "\u0663"])
 def test_rotate_refuses_a_fund_that_is_not_a_whole_number_of_wei(amount: str):
     with pytest.raises(SystemExit):
