@@ -137,7 +137,8 @@ def _num(value: Any, field: str | None = None) -> str:
 def _totals(data: dict[str, Any]) -> str:
     rows = [
         f"<tr><td>{_e(name.removesuffix('_wei').replace('_', ' '))}</td>"
-        f"{_num(_hnv(value), name)}<td><code>{_e(value)}</code></td></tr>"
+        f"{_num(_hnv(value), name.removesuffix('_wei') + '_hnv')}"
+        f'<td><code data-field="{_e(name)}">{_e(value)}</code></td></tr>'
         for name, value in data["totals"].items()
     ]
     return _table(["Total", "HNV", "Base units"], rows, {1})
@@ -146,7 +147,7 @@ def _totals(data: dict[str, Any]) -> str:
 def _groups(rows: list[dict[str, Any]], key: str) -> str:
     cells = [
         f"<tr><td>{_e(row[key])}</td>{_num(row['count'], f'{key}:{row[key]}:count')}"
-        f"{_num(_hnv(row['amount_wei']), f'{key}:{row[key]}:amount_wei')}"
+        f"{_num(_hnv(row['amount_wei']), f'{key}:{row[key]}:amount_hnv')}"
         f"{_num(_hnv(row['reversed_wei']))}{_num(_hnv(row['net_wei']))}</tr>"
         for row in rows
     ]

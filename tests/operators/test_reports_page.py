@@ -57,10 +57,10 @@ async def test_the_page_shows_the_fixture_numbers_with_no_console_errors(
             name: await page.evaluate(field(name))
             for name in (
                 "status:ready:count",
-                "status:ready:amount_wei",
+                "status:ready:amount_hnv",
                 "status:approval:count",
-                "status:approval:amount_wei",
-                "partner:tribe:amount_wei",
+                "status:approval:amount_hnv",
+                "partner:tribe:amount_hnv",
                 "verdict",
             )
         }
@@ -75,10 +75,10 @@ async def test_the_page_shows_the_fixture_numbers_with_no_console_errors(
     assert state == "ready"
     assert shown == {
         "status:ready:count": "4",
-        "status:ready:amount_wei": "105",
+        "status:ready:amount_hnv": "105",
         "status:approval:count": "2",
-        "status:approval:amount_wei": "50",
-        "partner:tribe:amount_wei": "75",
+        "status:approval:amount_hnv": "50",
+        "partner:tribe:amount_hnv": "75",
         "verdict": "incomplete",  # no node answers in this test
     }
     assert bars > 0

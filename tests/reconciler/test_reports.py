@@ -201,8 +201,9 @@ async def test_the_html_page_is_self_contained_and_well_formed(
     assert "svg" in checker.tags and "style" in checker.tags
     assert page.replace('xmlns="http://www.w3.org/2000/svg"', "").count("http") == 0
     assert checker.fields["verdict"] == runs.PENDING
-    assert checker.fields["minted_indexed_wei"] == "12"
-    assert checker.fields["partner:tribe:amount_wei"] == "2"
+    assert checker.fields["minted_indexed_hnv"] == "12"
+    assert checker.fields["minted_indexed_wei"] == str(12 * 10**18)
+    assert checker.fields["partner:tribe:amount_hnv"] == "2"
 
 
 async def _timestamp(chain, block_number: int) -> int:
