@@ -44,6 +44,7 @@ ROTATE = "rotate"
 DRAIN = "drain"
 GRANT = "grant"
 REVOKE = "revoke"
+FUND = "fund"
 
 
 class SignedTx(NamedTuple):

@@ -249,9 +249,7 @@ async def rotate(
     # asks the token), and the grant comes after the funding.
     try:
         if fund_wei > 0:
-            await deploy.send_as(
-                chain, admin_key, to=new, data=b"", value=Wei(fund_wei)
-            )
+            await deploy.fund(pool, chain, admin_key, new, Wei(fund_wei), actor=actor)
         await _set_role(settings, pool, chain, new, grant=True, actor=actor)
     except Exception as exc:
         await _abandon(pool, new, actor, exc)

@@ -153,17 +153,50 @@ async def _authorise_signers(
     minters = list(await custody.active_signers(pool))
     while len(minters) < wanted:
         minters.append(await custody.create_signer(pool, settings))
+    actor = custody.default_actor()
     for address in minters:
         if fund_wei > 0:
-            await send_as(chain, key, to=address, data=b"", value=fund_wei)
-        await send_as(
+            await fund(pool, chain, key, address, fund_wei, actor=actor)
+        receipt = await send_as(
             chain,
             key,
             to=token_address,
             data=token.grant_role_data(token.MINTER_ROLE, address),
         )
+        async with db.transaction(pool) as connection:
+            await custody.record(
+                connection,
+                address,
+                custody.GRANT,
+                actor=actor,
+                detail={"role": "MINTER_ROLE", "tx_hash": receipt["transactionHash"]},
+            )
         logger.info("minter role granted", signer=address, token=token_address)
     return minters
+
+
+async def fund(
+    pool: db.Pool,
+    chain: ChainClient,
+    key: str,
+    signer: ChecksumAddress,
+    amount_wei: Wei,
+    *,
+    actor: str,
+) -> None:
+    """Send ``amount_wei`` of gas money from ``key`` to ``signer``; audit it."""
+    receipt = await send_as(chain, key, to=signer, data=b"", value=amount_wei)
+    async with db.transaction(pool) as connection:
+        await custody.record(
+            connection,
+            signer,
+            custody.FUND,
+            actor=actor,
+            detail={
+                "amount_wei": str(amount_wei),
+                "tx_hash": receipt["transactionHash"],
+            },
+        )
 
 
 async def _record(

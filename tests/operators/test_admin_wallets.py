@@ -67,6 +67,19 @@ async def test_signers_are_listed_with_status_counter_and_gas(deployed):
     assert "key" not in str(wallet).replace("key:", "")
 
 
+async def test_a_deployment_audits_the_funding_and_grant_of_its_minter(deployed):
+    trail = await deployed.service.client.get(f"{WALLETS}/{deployed.minter}/audit")
+
+    actions = [e["action"] for e in trail.body["entries"]]
+    assert actions[:3] == ["grant", "fund", "create"]
+    fund, grant = (
+        next(e for e in trail.body["entries"] if e["action"] == action)
+        for action in ("fund", "grant")
+    )
+    assert fund["detail"]["amount_wei"] == str(10**17)
+    assert grant["detail"]["role"] == "MINTER_ROLE"
+
+
 async def test_a_created_signer_is_audited_under_the_operators_key(deployed):
     created = await deployed.service.client.post(WALLETS)
     address = created.body["wallet"]["address"]
@@ -95,6 +108,22 @@ async def test_rotating_an_idle_signer_grants_the_successor_and_revokes_it(deplo
     assert entries[:2] == [("revoke", KEY_ID), ("rotate", KEY_ID)]
     successor = await deployed.service.client.get(f"{WALLETS}/{new['address']}/audit")
     assert {e["actor"] for e in successor.body["entries"]} == {KEY_ID}
+
+
+async def test_a_rotation_that_funds_its_successor_audits_the_funding(deployed):
+    reply = await deployed.service.client.post(
+        f"{WALLETS}/{deployed.minter}/rotate", json={"fund_wei": "5000000"}
+    )
+    new = reply.body["wallet"]["address"]
+    trail = await deployed.service.client.get(f"{WALLETS}/{new}/audit")
+
+    assert reply.status == 200
+    assert reply.body["wallet"]["balance_wei"] == "5000000"
+    [funded] = [e for e in trail.body["entries"] if e["action"] == "fund"]
+    assert funded["actor"] == KEY_ID
+    assert funded["detail"]["amount_wei"] == "5000000"
+    receipt = await deployed.chain.get_receipt(funded["detail"]["tx_hash"])
+    assert receipt is not None and receipt["to"].lower() == new.lower()
 
 
 async def test_revoking_a_signer_withdraws_its_role_and_repeats_harmlessly(deployed):
