@@ -28,6 +28,10 @@ pytestmark = pytest.mark.timeout(120)
 GWEI = 10**9
 
 
+async def send_recorded(rig: Rig, intent_id: IntentId) -> bool:
+    return any(a.sent_block is not None for a in await rig.attempts_of(intent_id))
+
+
 async def attempt_count(rig: Rig, intent_id: IntentId, wanted: int) -> bool:
     return len(await rig.attempts_of(intent_id)) >= wanted
 
@@ -55,7 +59,8 @@ async def test_a_stuck_mint_is_bumped_on_schedule_until_price_is_not_the_problem
     async with running_proxy(rig.node.url, replacement_rule=True) as proxy:
         proxy.hold_sends = True
         async with rig.running(rig.submitter(rpc_url=proxy.url, options=options)):
-            await wait_for(lambda: attempt_count(rig, intent_id, 1), what="a send")
+            # Blocks mined before the send is recorded would date it after them.
+            await wait_for(lambda: send_recorded(rig, intent_id), what="a send")
             rounds = 0
             while not await alert_seen(rig, submitter.TX_PROPAGATION):
                 rounds += 1

@@ -475,6 +475,11 @@ async def tried(rig: Rig, intent_id: IntentId, count: int) -> bool:
     return len(await rig.attempts_of(intent_id)) >= count
 
 
+async def sent(rig: Rig, intent_id: IntentId) -> bool:
+    """A node took an attempt of the intent, and the send is recorded."""
+    return any(a.sent_block is not None for a in await rig.attempts_of(intent_id))
+
+
 def gas_bumps(signer: str) -> float:
     found = metrics.EVENTS.get_sample_value("haven_gas_bumps_total", {"signer": signer})
     return found or 0.0
@@ -508,7 +513,8 @@ async def test_a_bump_is_counted_and_each_log_line_of_an_intent_has_its_request_
         async with running_proxy(rig.node.url, replacement_rule=True) as proxy:
             proxy.hold_sends = True
             async with rig.running(rig.submitter(rpc_url=proxy.url, options=options)):
-                await wait_for(lambda: tried(rig, intent.id, 1), what="a send")
+                # Blocks mined before the send is recorded would date it after them.
+                await wait_for(lambda: sent(rig, intent.id), what="a send")
                 await rig.node.mine(2)
                 await wait_for(lambda: tried(rig, intent.id, 2), what="a bump")
                 await proxy.release_held()
