@@ -417,7 +417,8 @@ def _series(
     if from_ is not None:
         first = from_.astimezone(UTC).date()
     else:
-        first = last.date() - timedelta(days=SERIES_DAYS - 1)
+        # Nothing is dated before 1970: a window ending near it is shorter.
+        first = max(last.date() - timedelta(days=SERIES_DAYS - 1), EARLIEST.date())
     days = [first + timedelta(days=n) for n in range((last.date() - first).days + 1)]
     created: dict[date, list[IntentAt]] = defaultdict(list)
     for intent in snap.intents:

@@ -374,6 +374,24 @@ async def test_the_window_narrows_counts_but_not_the_verdict(
     assert sum(d["intents"] for d in report.data["series"]) == 1
 
 
+@pytest.mark.parametrize(
+    ("to", "days"),
+    [
+        (datetime(1970, 1, 1, tzinfo=UTC), []),
+        (
+            datetime(1970, 1, 3, 12, tzinfo=UTC),
+            ["1970-01-01", "1970-01-02", "1970-01-03"],
+        ),
+    ],
+)
+async def test_a_window_ending_near_1970_draws_no_day_before_it(
+    book, chain, haven_settings, config, to, days
+):
+    report = await reports.build(book.pool, chain, haven_settings, to=to, config=config)
+
+    assert [d["day"] for d in report.data["series"]] == days
+
+
 async def test_an_incomplete_report_shows_the_last_known_breaks(
     book, chain, haven_settings, config, anvil
 ):
