@@ -20,7 +20,7 @@ import math
 import sys
 from collections.abc import Awaitable, Callable
 
-from haven import db, deploy, migrations, token
+from haven import db, deploy, migrations
 from haven.chain import ChainClient
 from haven.daemon import custody, nonces, signers
 from haven.errors import ConfigError, CustodyError, RpcUnavailableError
@@ -365,23 +365,15 @@ async def _set_role(
     grant: bool,
     actor: str,
 ) -> None:
-    holder = ChecksumAddress(address)
-    data = (
-        token.grant_role_data(token.MINTER_ROLE, holder)
-        if grant
-        else token.revoke_role_data(token.MINTER_ROLE, holder)
+    await deploy.set_minter(
+        pool,
+        chain,
+        _admin_key(settings),
+        settings.require_token(),
+        ChecksumAddress(address),
+        grant=grant,
+        actor=actor,
     )
-    receipt = await deploy.send_as(
-        chain, _admin_key(settings), to=settings.require_token(), data=data
-    )
-    async with db.transaction(pool) as conn:
-        await custody.record(
-            conn,
-            address,
-            custody.GRANT if grant else custody.REVOKE,
-            actor=actor,
-            detail={"role": "MINTER_ROLE", "tx_hash": receipt["transactionHash"]},
-        )
 
 
 def _admin_key(settings: Settings) -> str:

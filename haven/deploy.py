@@ -157,20 +157,9 @@ async def _authorise_signers(
     for address in minters:
         if fund_wei > 0:
             await fund(pool, chain, key, address, fund_wei, actor=actor)
-        receipt = await send_as(
-            chain,
-            key,
-            to=token_address,
-            data=token.grant_role_data(token.MINTER_ROLE, address),
+        await set_minter(
+            pool, chain, key, token_address, address, grant=True, actor=actor
         )
-        async with db.transaction(pool) as connection:
-            await custody.record(
-                connection,
-                address,
-                custody.GRANT,
-                actor=actor,
-                detail={"role": "MINTER_ROLE", "tx_hash": receipt["transactionHash"]},
-            )
         logger.info("minter role granted", signer=address, token=token_address)
     return minters
 
@@ -185,17 +174,72 @@ async def fund(
     actor: str,
 ) -> None:
     """Send ``amount_wei`` of gas money from ``key`` to ``signer``; audit it."""
-    receipt = await send_as(chain, key, to=signer, data=b"", value=amount_wei)
+    await _send_audited(
+        pool,
+        chain,
+        key,
+        signer,
+        custody.FUND,
+        actor=actor,
+        to=signer,
+        data=b"",
+        value=amount_wei,
+        detail={"amount_wei": str(amount_wei)},
+    )
+
+
+async def set_minter(
+    pool: db.Pool,
+    chain: ChainClient,
+    key: str,
+    token_address: str,
+    signer: ChecksumAddress,
+    *,
+    grant: bool,
+    actor: str,
+) -> None:
+    """Grant ``signer`` the minter role, or revoke it, with the admin ``key``."""
+    data = (
+        token.grant_role_data(token.MINTER_ROLE, signer)
+        if grant
+        else token.revoke_role_data(token.MINTER_ROLE, signer)
+    )
+    await _send_audited(
+        pool,
+        chain,
+        key,
+        signer,
+        custody.GRANT if grant else custody.REVOKE,
+        actor=actor,
+        to=token_address,
+        data=data,
+        detail={"role": "MINTER_ROLE"},
+    )
+
+
+async def _send_audited(
+    pool: db.Pool,
+    chain: ChainClient,
+    key: str,
+    signer: ChecksumAddress,
+    action: str,
+    *,
+    actor: str,
+    to: str,
+    data: bytes,
+    value: Wei = NO_WEI,
+    detail: dict[str, Any],
+) -> None:
+    """Send one transaction from ``key`` that acts on ``signer``, then write
+    its custody row with the transaction's hash."""
+    receipt = await send_as(chain, key, to=to, data=data, value=value)
     async with db.transaction(pool) as connection:
         await custody.record(
             connection,
             signer,
-            custody.FUND,
+            action,
             actor=actor,
-            detail={
-                "amount_wei": str(amount_wei),
-                "tx_hash": receipt["transactionHash"],
-            },
+            detail=detail | {"tx_hash": receipt["transactionHash"]},
         )
 
 
