@@ -14,6 +14,11 @@ each hop believed only while the address that reported it is trusted, and
 the first untrusted address is the client. Entries left of it are written
 by the client itself and prove nothing.
 
+Concurrent hits of one key are counted together: while Redis is asked
+about a key, the hits that arrive for it wait and go in the next call as
+one hit of their number, so a flood costs a call per round trip, not per
+request.
+
 Redis is an optimisation here, not a source of truth: when it cannot be
 reached, requests are let through. After a failure the limits are not
 asked for ``redis_retry_s`` (5 s): a Redis that hangs rather than refuses
@@ -24,6 +29,7 @@ again, not one per request.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import time
@@ -135,6 +141,9 @@ class Limiter:
             ipaddress.ip_network(cidr, strict=False) for cidr in limits.trusted_proxies
         )
         self._is_redis_lost = False
+        # Hits waiting to be counted, by (scope, who), and the tasks counting them.
+        self._tallies: dict[tuple[str, str], list[asyncio.Future[int | None]]] = {}
+        self._counting: set[asyncio.Task[None]] = set()
         self._redis_retry_s = redis_retry_s
         self._skip_until = 0.0
 
@@ -207,11 +216,65 @@ class Limiter:
         logger.info("rate limits counted again: Redis answers")
 
     async def _count(self, item: RateLimitItem, scope: str, who: str) -> int | None:
-        """Hit the limit; return None if within it, else the seconds to wait."""
+        """Hit the limit; return None if within it, else the seconds to wait.
+
+        Hits of one key that arrive while its count is being asked of Redis
+        wait and are counted together, in one call, when it answers.
+        """
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        tally = self._tallies.get((scope, who))
+        if tally is None:
+            tally = self._tallies[(scope, who)] = []
+            task = asyncio.create_task(self._count_tally(item, scope, who, tally))
+            self._counting.add(task)
+            task.add_done_callback(self._counting.discard)
+        tally.append(future)
+        return await future
+
+    async def _count_tally(
+        self,
+        item: RateLimitItem,
+        scope: str,
+        who: str,
+        tally: list[asyncio.Future[int | None]],
+    ) -> None:
         try:
-            if await self._window.hit(item, scope, who):
-                return None
+            while tally:
+                futures = tally[:]
+                del tally[:]
+                try:
+                    waits = await self._count_many(item, scope, who, len(futures))
+                except RedisUnavailableError as exc:
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for future, wait in zip(futures, waits, strict=True):
+                    if not future.done():
+                        future.set_result(wait)
+        finally:
+            del self._tallies[(scope, who)]
+
+    async def _count_many(
+        self, item: RateLimitItem, scope: str, who: str, hits: int
+    ) -> list[int | None]:
+        """Count ``hits`` hits at once; return for each None (within the
+        limit) or the seconds to wait.
+
+        Near the limit, the room left is taken by the first hits and the
+        rest refused; a concurrent counter taking that room meanwhile
+        leaves them all refused, never more admitted than the limit.
+        """
+        try:
+            if await self._window.hit(item, scope, who, cost=hits):
+                return [None] * hits
             stats = await self._window.get_window_stats(item, scope, who)
+            admitted = 0
+            if 0 < stats.remaining < hits and await self._window.hit(
+                item, scope, who, cost=stats.remaining
+            ):
+                admitted = stats.remaining
         except (RedisError, OSError) as exc:
             raise RedisUnavailableError(f"rate limit storage failed: {exc}") from exc
-        return max(1, math.ceil(stats.reset_time - time.time()))
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        return [None] * admitted + [wait] * (hits - admitted)

@@ -249,3 +249,64 @@ async def test_a_forged_forwarded_header_does_not_escape_the_ip_limit(
         await limiter.check_ip("203.0.113.7", forwarded_for="10.0.0.2, 198.51.100.3")
 
     assert refused.value.status_code == 429
+
+
+async def _refusals(checks) -> list[int | None]:
+    """Run ``checks`` together; None for each admitted, its Retry-After if refused."""
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    waits: list[int | None] = []
+    for result in results:
+        if isinstance(result, Rejection):
+            assert result.status_code == 429
+            waits.append(result.retry_after_s)
+        else:
+            assert result is None
+            waits.append(None)
+    return waits
+
+
+async def test_concurrent_hits_near_the_limit_admit_exactly_the_room_left(
+    redis_client, redis_prefix
+):
+    limiter = Limiter(
+        redis_client, prefix=redis_prefix, limits=RateLimits(per_partner="5/minute")
+    )
+    await limiter.check_partner("aurora")
+
+    first = await _refusals(limiter.check_partner("aurora") for _ in range(6))
+    later = await _refusals(limiter.check_partner("aurora") for _ in range(3))
+
+    assert first[:4] == [None] * 4
+    assert all(wait is not None and 1 <= wait <= 60 for wait in first[4:] + later)
+
+
+async def test_concurrent_hits_of_one_key_are_counted_in_one_redis_call(
+    tmp_path, redis_prefix
+):
+    async def scripts_run(client: aioredis.Redis) -> int:
+        stats = await client.info("commandstats")
+        return sum(
+            stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+            for name in ("eval", "evalsha")
+        )
+
+    async with running_redis(tmp_path) as server:
+        client = aioredis.from_url(server.url, socket_timeout=2)
+        try:
+            limiter = Limiter(client, prefix=redis_prefix, limits=RateLimits())
+            await limiter.check_partner("aurora")
+            before = await scripts_run(client)
+            admitted = await _refusals(
+                limiter.check_partner("aurora") for _ in range(20)
+            )
+            after = await scripts_run(client)
+            keys = [key async for key in client.scan_iter(match=f"{redis_prefix}:*")]
+            counted = await client.llen(keys[0])
+        finally:
+            await client.aclose()
+
+    assert admitted == [None] * 20
+    assert after - before == 1
+    # The one call counted all twenty: the window holds every hit.
+    assert len(keys) == 1
+    assert counted == 21
