@@ -37,10 +37,16 @@ Pool = asyncpg.Pool
 Connection = asyncpg.Connection
 
 
+def jsonb_text(value: Any) -> str:
+    """``value`` as the text of a jsonb, as the pool's codec writes it: for
+    statements that take many documents at once as a ``text[]``."""
+    return orjson.dumps(value).decode()
+
+
 async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec(
         "jsonb",
-        encoder=lambda value: orjson.dumps(value).decode(),
+        encoder=jsonb_text,
         decoder=orjson.loads,
         schema="pg_catalog",
     )

@@ -15,6 +15,7 @@ Statuses::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -103,6 +104,26 @@ class Intent:
         )
 
 
+@dataclass(frozen=True)
+class NewIntent:
+    """An intent to create: its business key, reward and first status."""
+
+    partner: str
+    kind: str
+    source_key: str
+    wallet: ChecksumAddress
+    amount_wei: Wei
+    rule_version: str
+    status: str
+    request_id: str | None = None
+    reason: str | None = None
+
+    @functools.cached_property
+    def id(self) -> IntentId:
+        """The intent id of the business key."""
+        return derive_id(self.partner, self.kind, self.source_key)
+
+
 async def create(
     connection: asyncpg.Connection,
     *,
@@ -125,11 +146,41 @@ async def create(
     (waiting for a concurrent creator to commit). Must run inside the
     caller's transaction.
     """
-    if status not in (HELD, READY, APPROVAL):
-        raise ValueError(
-            f"a new intent must be held, ready or approval, not {status!r}"
-        )
-    intent_id = derive_id(partner, kind, source_key)
+    new = NewIntent(
+        partner,
+        kind,
+        source_key,
+        wallet,
+        amount_wei,
+        rule_version,
+        status,
+        request_id=request_id,
+        reason=reason,
+    )
+    created = await create_many(connection, [new])
+    intent_id = new.id
+    if intent_id in created:
+        return created[intent_id], True
+    existing = await get(connection, intent_id, for_update=True)
+    assert existing is not None
+    return existing, False
+
+
+async def create_many(
+    connection: asyncpg.Connection, news: Sequence[NewIntent]
+) -> dict[bytes, Intent]:
+    """Insert the intents of ``news`` whose ids are free; return those inserted, by id.
+
+    An id already taken, here or by a concurrent transaction (waited for),
+    is left as it is and missing from the result; so is every repeat of an
+    id within ``news`` after its first. Rows are inserted in id order, as
+    every batch locks intents. Must run inside the caller's transaction.
+    """
+    for new in news:
+        if new.status not in (HELD, READY, APPROVAL):
+            raise ValueError(
+                f"a new intent must be held, ready or approval, not {new.status!r}"
+            )
     # No conflict target: the id is the hash of the business key, so a
     # concurrent twin collides on the primary key and the business key
     # together, and PostgreSQL absorbs only the target's conflict; the other
@@ -137,14 +188,21 @@ async def create(
     # conflict, and any conflict left means the same intent.
     # The history's first event is written by the same statement, only for
     # a row that was inserted.
-    row = await connection.fetchrow(
+    rows = await connection.fetch(
         """
         WITH created AS (
             INSERT INTO intents (id, partner, kind, source_key, wallet, amount_wei,
                                  rule_version, status, status_reason, request_id,
                                  ready_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                    CASE WHEN $8 = 'ready' THEN now() END)
+            SELECT id, partner, kind, source_key, wallet, amount_wei,
+                   rule_version, status, reason, request_id,
+                   CASE WHEN status = 'ready' THEN now() END
+              FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[],
+                          $5::text[], $6::numeric[], $7::text[], $8::text[],
+                          $9::text[], $10::text[])
+                   AS new (id, partner, kind, source_key, wallet, amount_wei,
+                           rule_version, status, reason, request_id)
+             ORDER BY id
             ON CONFLICT DO NOTHING
             RETURNING *
         ), first_event AS (
@@ -153,22 +211,18 @@ async def create(
         )
         SELECT * FROM created
         """,
-        intent_id,
-        partner,
-        kind,
-        source_key,
-        wallet,
-        amount_wei,
-        rule_version,
-        status,
-        reason,
-        request_id,
+        [new.id for new in news],
+        [new.partner for new in news],
+        [new.kind for new in news],
+        [new.source_key for new in news],
+        [new.wallet for new in news],
+        [new.amount_wei for new in news],
+        [new.rule_version for new in news],
+        [new.status for new in news],
+        [new.reason for new in news],
+        [new.request_id for new in news],
     )
-    if row is None:
-        existing = await get(connection, intent_id, for_update=True)
-        assert existing is not None
-        return existing, False
-    return Intent.from_row(row), True
+    return {bytes(row["id"]): Intent.from_row(row) for row in rows}
 
 
 async def get(

@@ -22,6 +22,7 @@ from loguru import logger
 from haven import db, migrations
 from haven.listeners import access, correlation, jobs, operators, rules, webhooks
 from haven.listeners.backfill import Backfill, PartnerApi
+from haven.listeners.batcher import Batcher
 from haven.listeners.ratelimits import Limiter, RateLimits
 from haven.listeners.rules import RuleBook
 from haven.listeners.signatures import Verifier
@@ -108,7 +109,9 @@ def create_app(
 
     limits = rate_limits or RateLimits.from_settings(settings)
     limiter = Limiter(redis, prefix=settings.redis_prefix, limits=limits)
-    receiver = webhooks.Receiver(pool, rule_book, _verifiers(settings), limiter)
+    receiver = webhooks.Receiver(
+        pool, rule_book, _verifiers(settings), limiter, Batcher(pool)
+    )
     webhooks.register(app, receiver)
 
     jobs.install(

@@ -28,6 +28,7 @@ from haven.intents import Intent
 from haven.listeners.effects import DUPLICATE, INTENT_CREATED, INTENT_UPDATED, Effect
 from haven.listeners.rules import Reward
 
+PARTNER = "aurora"
 CONFIRMED = "booking.confirmed"
 COMPLETED = "booking.completed"
 CANCELLED = "booking.cancelled"
@@ -48,7 +49,7 @@ async def apply(
     Idempotent: applying the same event twice changes nothing the second
     time and answers ``duplicate``.
     """
-    intent_id = intents.derive_id("aurora", reward.kind, reward.source_key)
+    intent_id = intents.derive_id(PARTNER, reward.kind, reward.source_key)
     intent = await intents.get(connection, intent_id, for_update=True)
     if intent is None:
         intent, created = await _create(connection, event_type, reward, request_id)
@@ -64,16 +65,15 @@ async def _create(
     reward: Reward,
     request_id: str | None,
 ) -> tuple[Intent, bool]:
-    status = intents.READY if event_type == COMPLETED else intents.HELD
     intent, created = await intents.create(
         connection,
-        partner="aurora",
+        partner=PARTNER,
         kind=reward.kind,
         source_key=reward.source_key,
         wallet=reward.wallet,
         amount_wei=reward.amount_wei,
         rule_version=reward.rule_version,
-        status=status,
+        status=first_status(event_type),
         request_id=request_id,
         reason=event_type,
     )
@@ -90,6 +90,12 @@ async def _create(
         assert voided is not None
         intent = voided
     return intent, created
+
+
+def first_status(event_type: str) -> str:
+    """The status of an intent created by ``event_type``: ready once the
+    stay is completed, held before."""
+    return intents.READY if event_type == COMPLETED else intents.HELD
 
 
 async def _advance(

@@ -11,6 +11,7 @@ corrected and sent again under the same id.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,23 +129,45 @@ async def claim(connection: asyncpg.Connection, delivery: Delivery) -> bool:
     delivery, the others read its answer. The placeholder answer is replaced
     by the intake's closing statement before the transaction commits.
     """
-    claimed = await connection.fetchval(
+    return bool(await claim_many(connection, [delivery]))
+
+
+async def claim_many(
+    connection: asyncpg.Connection, deliveries: Sequence[Delivery]
+) -> set[tuple[str, str]]:
+    """Reserve several delivery ids as :func:`claim` does; return the (partner,
+    delivery id) pairs reserved, the others being taken.
+
+    The ids must be distinct. They are claimed in (partner, id) order, the
+    order every claimant takes, so that two batches sharing ids wait for one
+    another instead of deadlocking.
+    """
+    keys = [(d.partner, d.delivery_id) for d in deliveries]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a batch of deliveries must not repeat a delivery id")
+    rows = await connection.fetch(
         """
         INSERT INTO webhook_deliveries (partner, delivery_id, body_sha256,
                                         canonical_sha256, source, request_id,
                                         status_code, response)
-        VALUES ($1, $2, $3, $4, $5, $6, 0, '{}')
+        SELECT partner, delivery_id, body_sha256, canonical_sha256, source,
+               request_id, 0, '{}'
+          FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[],
+                      $5::text[], $6::text[])
+               AS claim (partner, delivery_id, body_sha256, canonical_sha256,
+                         source, request_id)
+         ORDER BY partner, delivery_id
         ON CONFLICT (partner, delivery_id) DO NOTHING
-        RETURNING true
+        RETURNING partner, delivery_id
         """,
-        delivery.partner,
-        delivery.delivery_id,
-        delivery.body_sha256,
-        delivery.canonical_sha256,
-        delivery.source,
-        delivery.request_id,
+        [d.partner for d in deliveries],
+        [d.delivery_id for d in deliveries],
+        [d.body_sha256 for d in deliveries],
+        [d.canonical_sha256 for d in deliveries],
+        [d.source for d in deliveries],
+        [d.request_id for d in deliveries],
     )
-    return bool(claimed)
+    return {(row["partner"], row["delivery_id"]) for row in rows}
 
 
 async def prune(pool: asyncpg.Pool, *, older_than_s: int = RETENTION_S) -> int:

@@ -15,6 +15,9 @@ with the same intent id.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import asyncpg
 from loguru import logger
 
@@ -57,6 +60,23 @@ async def recall(pool: asyncpg.Pool, delivery: Delivery) -> Answer | None:
         return await _settle_known(connection, stored, delivery)
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One delivery to apply: its event, the reward the rules gave it (None
+    when the event earns none or is of an unknown type) and, for a webhook,
+    its attempt."""
+
+    delivery: Delivery
+    event: events.Event
+    reward: Reward | None
+    attempt: Attempt | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(partner, delivery id): no two entries of one batch may share it."""
+        return (self.delivery.partner, self.delivery.delivery_id)
+
+
 async def apply(
     pool: asyncpg.Pool,
     rules: RuleBook,
@@ -74,32 +94,145 @@ async def apply(
     new event, and DatabaseUnavailableError if PostgreSQL is down (nothing
     is then applied).
     """
+    priced = await price(pool, rules, delivery, event, attempt=attempt)
+    if isinstance(priced, Answer):
+        return priced
+    (answer,) = await apply_many(pool, [priced])
+    return answer
+
+
+async def price(
+    pool: asyncpg.Pool,
+    rules: RuleBook,
+    delivery: Delivery,
+    event: events.Event,
+    *,
+    attempt: Attempt | None = None,
+) -> Entry | Answer:
+    """Price ``event`` by ``rules`` into an entry to apply.
+
+    When the rules refuse one of its values, a delivery id answered before
+    gets that answer again (the rules may have changed since); a new one
+    raises InvalidEventError.
+    """
     try:
         reward = rules.reward_for(event) if event.is_known else None
     except InvalidEventError:
-        # The rules may have changed since an earlier delivery of this id
-        # was accepted: that delivery is answered as it was.
         known = await recall(pool, delivery)
         if known is not None:
             return known
         raise
+    return Entry(delivery, event, reward, attempt)
 
+
+async def apply_many(pool: asyncpg.Pool, entries: Sequence[Entry]) -> list[Answer]:
+    """Apply ``entries`` in one transaction; return their answers in order.
+
+    Each entry is answered as :func:`apply` would answer it alone; what one
+    changes, the next sees. Either every entry is applied or none is: any
+    error rolls the whole batch back (DatabaseUnavailableError if
+    PostgreSQL is down). Delivery ids must be distinct (ValueError).
+
+    The common entries cost a fixed number of statements whatever their
+    number: the claims, the new intents and the closing rows are each
+    written set-wise. An entry that meets existing state (a known delivery
+    id, an intent to move) takes its own statements.
+    """
+    if not entries:
+        return []
     async with db.transaction(pool) as connection:
-        if not await deliveries.claim(connection, delivery):
-            stored = await deliveries.get(
-                connection, delivery.partner, delivery.delivery_id
-            )
+        claimed = await deliveries.claim_many(
+            connection, [entry.delivery for entry in entries]
+        )
+        answers: dict[int, Answer] = {}
+        fresh: list[int] = []
+        for index, item in enumerate(entries):
+            if item.key in claimed:
+                fresh.append(index)
+                continue
+            stored = await deliveries.get(connection, *item.key)
             assert stored is not None
-            return await _settle_known(connection, stored, delivery)
+            answers[index] = await _settle_known(connection, stored, item.delivery)
 
-        effect = await _effect(connection, event, reward, delivery)
-        answer = _answer(effect, event, delivery)
-        await _close(connection, event, effect, delivery, answer, attempt)
+        made = await _effects(connection, [entries[index] for index in fresh])
+        closes: list[tuple[Entry, Effect, Answer]] = []
+        for index, effect in zip(fresh, made, strict=True):
+            item = entries[index]
+            answers[index] = _answer(effect, item.event, item.delivery)
+            closes.append((item, effect, answers[index]))
+        await _close(connection, closes)
 
-    if attempt is not None:
-        attempt.logged = True
-    _log(effect, event, delivery)
-    return answer
+    for item, effect, _ in closes:
+        if item.attempt is not None:
+            item.attempt.logged = True
+        _log(effect, item.event, item.delivery)
+    return [answers[index] for index in range(len(entries))]
+
+
+async def _effects(
+    connection: asyncpg.Connection, entries: Sequence[Entry]
+) -> list[Effect]:
+    """Apply each entry's effect, creating the new intents set-wise.
+
+    A rewarded entry whose intent does not exist yet is created with the
+    others in one statement; an entry whose intent exists (a booking's
+    next event), or was taken meanwhile by a concurrent transaction or an
+    earlier entry, goes on to the path of one event, which finds it.
+    """
+    candidates = [_new_intent(item) for item in entries]
+    wanted = [new.id for new in candidates if new is not None]
+    # An intent may exist already (a booking's earlier event, a re-emitted
+    # event): lock it before deciding.
+    existing = (
+        await intents.get_many(connection, wanted, for_update=True) if wanted else {}
+    )
+    # The first entry of each free intent id creates it; a later one of the
+    # same id finds it created, as it would after the first in its own
+    # transaction.
+    news: dict[int, intents.NewIntent] = {}
+    taken = set(existing)
+    for index, new in enumerate(candidates):
+        if new is not None and new.id not in taken:
+            news[index] = new
+            taken.add(new.id)
+    created = await intents.create_many(connection, list(news.values())) if news else {}
+
+    made: list[Effect] = []
+    for index, item in enumerate(entries):
+        new = news.get(index)
+        if new is not None and new.id in created:
+            intent = created[new.id]
+            change = f"intent created {intent.status}"
+            made.append(Effect(effects.INTENT_CREATED, intent, change))
+        else:
+            effect = await _effect(connection, item.event, item.reward, item.delivery)
+            made.append(effect)
+    return made
+
+
+def _new_intent(item: Entry) -> intents.NewIntent | None:
+    """The intent an entry creates if its key is free, or None when its
+    effect is not a plain creation (no reward, a stake, a cancellation)."""
+    reward, data = item.reward, item.event.data
+    if reward is None or data is None or isinstance(data, events.Stake):
+        return None
+    partner, status, reason = item.event.partner, intents.READY, None
+    if isinstance(data, events.Booking):
+        if item.event.type == bookings.CANCELLED:
+            return None
+        partner = bookings.PARTNER
+        status, reason = bookings.first_status(item.event.type), item.event.type
+    return intents.NewIntent(
+        partner=partner,
+        kind=reward.kind,
+        source_key=reward.source_key,
+        wallet=reward.wallet,
+        amount_wei=reward.amount_wei,
+        rule_version=reward.rule_version,
+        status=status,
+        request_id=item.delivery.request_id,
+        reason=reason,
+    )
 
 
 async def _effect(
@@ -157,51 +290,68 @@ async def _grant(
     return Effect(effects.DUPLICATE, intent)
 
 
-# The closing statement of an applied delivery writes three tables in one
-# round trip: the event (``partner_events``, shaped by events.py), the answer
-# replacing the claim's placeholder (``webhook_deliveries``) and, for a
-# webhook, its attempt (``webhook_attempts``, shaped by attempts.py). It is
-# the busiest statement of the listener.
+# The closing statement of a batch writes three tables in one round trip:
+# each delivery's event (``partner_events``, shaped by events.py), its
+# answer replacing the claim's placeholder (``webhook_deliveries``) and, for
+# a webhook, its attempt (``webhook_attempts``, shaped by attempts.py). It
+# takes one array per column. It is the busiest statement of the listener.
 _CLOSE = f"""
-WITH event AS (
+WITH closing AS (
+    SELECT *
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
+                  $5::text[], $6::text[], $7::bytea[], $8::text[],
+                  $9::integer[], $10::text[],
+                  $11::text[], $12::text[], $13::integer[], $14::text[],
+                  $15::text[], $16::text[], $17::text[])
+           AS closing (partner, delivery_id, event_type, occurred_at, payload,
+                       outcome, intent_id, request_id, status_code, response,
+                       a_partner, a_delivery_id, a_status_code, a_outcome,
+                       a_reason, a_remote_addr, a_request_id)
+), event AS (
     INSERT INTO partner_events (partner, delivery_id, event_type, occurred_at,
                                 payload, outcome, intent_id, request_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    SELECT partner, delivery_id, event_type, occurred_at, payload::jsonb,
+           outcome, intent_id, request_id
+      FROM closing
     ON CONFLICT (partner, delivery_id) DO NOTHING
 ), attempt AS (
     INSERT INTO webhook_attempts ({attempts.COLUMNS})
-    SELECT $11::text, $12::text, $13::integer, $14::text, $15::text,
-           $16::text, $17::text
-     WHERE $11::text IS NOT NULL
+    SELECT a_partner, a_delivery_id, a_status_code, a_outcome, a_reason,
+           a_remote_addr, a_request_id
+      FROM closing
+     WHERE a_partner IS NOT NULL
 )
-UPDATE webhook_deliveries SET status_code = $9, response = $10
- WHERE partner = $1 AND delivery_id = $2
+UPDATE webhook_deliveries AS delivery
+   SET status_code = closing.status_code, response = closing.response::jsonb
+  FROM closing
+ WHERE delivery.partner = closing.partner
+   AND delivery.delivery_id = closing.delivery_id
 """
 _NO_ATTEMPT = (None,) * 7
 
 
 async def _close(
-    connection: asyncpg.Connection,
-    event: events.Event,
-    effect: Effect,
-    delivery: Delivery,
-    answer: Answer,
-    attempt: Attempt | None,
+    connection: asyncpg.Connection, closes: Sequence[tuple[Entry, Effect, Answer]]
 ) -> None:
-    await connection.execute(
-        _CLOSE,
-        delivery.partner,
-        delivery.delivery_id,
-        event.type,
-        event.occurred_at,
-        events.stored_payload(event),
-        effect.stored_outcome,
-        effect.intent.id if effect.intent else None,
-        delivery.request_id,
-        answer.status_code,
-        answer.body,
-        *(attempts.columns(attempt, answer) if attempt else _NO_ATTEMPT),
-    )
+    rows = [
+        (
+            item.delivery.partner,
+            item.delivery.delivery_id,
+            item.event.type,
+            item.event.occurred_at,
+            db.jsonb_text(events.stored_payload(item.event)),
+            effect.stored_outcome,
+            effect.intent.id if effect.intent else None,
+            item.delivery.request_id,
+            answer.status_code,
+            db.jsonb_text(answer.body),
+            *(attempts.columns(item.attempt, answer) if item.attempt else _NO_ATTEMPT),
+        )
+        for item, effect, answer in closes
+    ]
+    if rows:
+        columns = zip(*rows, strict=True)
+        await connection.execute(_CLOSE, *(list(column) for column in columns))
 
 
 def _answer(effect: Effect, event: events.Event, delivery: Delivery) -> Answer:

@@ -24,6 +24,7 @@ from haven.errors import DatabaseUnavailableError
 from haven.listeners import attempts, correlation, events, intake
 from haven.listeners.answers import Answer, Rejection, database_unavailable
 from haven.listeners.attempts import Attempt
+from haven.listeners.batcher import Batcher
 from haven.listeners.deliveries import Delivery
 from haven.listeners.ratelimits import Limiter
 from haven.listeners.rules import RuleBook
@@ -37,21 +38,31 @@ PATH = "/webhooks/{partner:.*}"
 
 @dataclass(frozen=True)
 class Receiver:
-    """What the webhook endpoints need: the pool, the rules, verifiers and limits."""
+    """What the webhook endpoints need: the pool, the rules, verifiers,
+    limits and the batcher of their intake."""
 
     pool: asyncpg.Pool
     rules: RuleBook
     verifiers: Mapping[str, Verifier]
     limiter: Limiter
+    batcher: Batcher
 
 
 RECEIVER = web.AppKey("haven.webhooks.receiver", Receiver)
 
 
 def register(app: web.Application, receiver: Receiver) -> None:
-    """Add the webhook routes to ``app``; every method is answered, POST is served."""
+    """Add the webhook routes to ``app``; every method is answered, POST is served.
+
+    The app's cleanup waits for the batcher to apply what it was handed.
+    """
     app[RECEIVER] = receiver
     app.router.add_route("*", PATH, receive)
+    app.on_cleanup.append(_close_batcher)
+
+
+async def _close_batcher(app: web.Application) -> None:
+    await app[RECEIVER].batcher.close()
 
 
 async def receive(request: web.Request) -> web.Response:
@@ -140,11 +151,14 @@ async def _apply(
         event = events.read(attempt.partner, payload)
     except Rejection as exc:
         return await _known_or(receiver, delivery, exc)
-    # A known delivery id is settled by the intake's claim: a retry of an
-    # accepted delivery is replayed, another body under it is a conflict.
-    return await intake.apply(
+    priced = await intake.price(
         receiver.pool, receiver.rules, delivery, event, attempt=attempt
     )
+    if isinstance(priced, Answer):
+        return priced
+    # A known delivery id is settled by the intake's claim: a retry of an
+    # accepted delivery is replayed, another body under it is a conflict.
+    return await receiver.batcher.apply(priced)
 
 
 async def _known_or(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -43,3 +44,11 @@ async def drop_database(name: str) -> None:
         await connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         await connection.close()
+
+
+def with_port(dsn: str, port: int) -> str:
+    """``dsn`` pointed at ``port`` on 127.0.0.1: a proxy's, or a closed one."""
+    parts = urlsplit(dsn)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}"))

@@ -10,7 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -21,6 +21,7 @@ from loguru import logger
 from yarl import URL
 
 from harness.anvil import free_port
+from harness.databases import with_port
 from haven import db, intents, logs, settings
 from haven.errors import SchemaOutdatedError
 from haven.listeners.app import create_app, make_runner, serve
@@ -70,13 +71,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     finally:
         writer.transport.abort()
-
-
-def with_port(dsn: str, port: int) -> str:
-    parts = urlsplit(dsn)
-    netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}"))
 
 
 async def test_postgresql_going_away_is_503_with_retry_after_until_it_returns(
