@@ -99,8 +99,8 @@ async def list_intents(request: web.Request) -> web.Response:
         "wallet": query.address("wallet"),
         "signer": query.address("signer"),
         "request_id": query.text("request_id"),
-        "created_from": query.time("created_from"),
-        "created_to": query.time("created_to"),
+        "created_from": query.moment("created_from"),
+        "created_to": query.moment("created_to"),
     }
     limit = query.limit()
     after = _position(query)

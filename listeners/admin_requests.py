@@ -240,20 +240,6 @@ class Query:
     def limit(self) -> int:
         return self.integer("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
 
-    def time(self, name: str) -> datetime | None:
-        """Read an ISO 8601 time with a UTC offset, within :data:`TIME_RANGE`."""
-        value = self._values.get(name)
-        if value is None:
-            return None
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            parsed = None
-        if parsed is None or parsed.tzinfo is None:
-            self.fail(name, "expected an ISO 8601 time with a UTC offset")
-            return None
-        return self._in_range(name, parsed)
-
     def moment(self, name: str) -> datetime | None:
         """Read an ISO 8601 date or time, UTC when it has no offset.
 

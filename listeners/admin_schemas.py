@@ -21,6 +21,8 @@ WEI: Schema = {"type": "string", "pattern": "^[0-9]{1,78}$"}
 SIGNED_WEI: Schema = {"type": "string", "pattern": "^-?[0-9]{1,78}$"}
 HNV: Schema = {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,18})?$"}
 TIME: Schema = {"type": "string", "format": "date-time"}
+# An ISO 8601 date or time in a query; UTC when it has no offset.
+MOMENT: Schema = {"type": "string", "minLength": 1, "maxLength": 64}
 SHORT_TEXT: Schema = {"type": "string", "minLength": 1, "maxLength": 64}
 ID_TEXT: Schema = {"type": "string", "minLength": 1, "maxLength": 128}
 ALERT_STATUS: Schema = {"type": "string", "enum": list(alerts.STATUSES)}

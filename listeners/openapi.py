@@ -496,8 +496,8 @@ def _intent_paths() -> dict[str, Any]:
         query_parameter("wallet", schemas.ADDRESS, "Rewarded wallet."),
         query_parameter("signer", schemas.ADDRESS, "Signer that minted it."),
         query_parameter("request_id", schemas.SHORT_TEXT, "Correlation id."),
-        query_parameter("created_from", schemas.TIME, "Created at or after."),
-        query_parameter("created_to", schemas.TIME, "Created before."),
+        query_parameter("created_from", schemas.MOMENT, "Created at or after."),
+        query_parameter("created_to", schemas.MOMENT, "Created before."),
         LIMIT,
         CURSOR,
     ]
@@ -637,7 +637,6 @@ def _alert_paths() -> dict[str, Any]:
 
 
 def _report_paths() -> dict[str, Any]:
-    moment = {"type": "string", "minLength": 1, "maxLength": 64}
     text = {"type": "string"}
     return {
         "/reports": {
@@ -667,9 +666,13 @@ def _report_paths() -> dict[str, Any]:
                         {"type": "string", "enum": ["json", "csv", "html"]},
                         "Format; json by default.",
                     ),
-                    query_parameter("from", moment, "Intents created at or after."),
-                    query_parameter("to", moment, "Intents created before."),
-                    query_parameter("as_of", moment, "The books as they stood then."),
+                    query_parameter(
+                        "from", schemas.MOMENT, "Intents created at or after."
+                    ),
+                    query_parameter("to", schemas.MOMENT, "Intents created before."),
+                    query_parameter(
+                        "as_of", schemas.MOMENT, "The books as they stood then."
+                    ),
                 ],
             )
         }

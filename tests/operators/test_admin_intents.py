@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 
 import orjson
 from operators.support import ADMIN_KEY, seed_intent, seed_submitted
@@ -57,6 +58,42 @@ async def test_bad_filters_are_answered_422_with_every_field(client):
         "query.status",
         "query.wallet",
     ]
+
+
+async def test_created_bounds_take_a_bare_date_as_utc_midnight(client, service):
+    first = await seed_intent(service.pool, "AUR-jan-1")
+    second = await seed_intent(service.pool, "AUR-jan-2")
+    await service.pool.execute(
+        "UPDATE intents SET created_at = $2 WHERE id = $1",
+        first,
+        datetime(2026, 1, 1, 23, 30, tzinfo=UTC),
+    )
+    await service.pool.execute(
+        "UPDATE intents SET created_at = $2 WHERE id = $1",
+        second,
+        datetime(2026, 1, 2, 0, 30, tzinfo=UTC),
+    )
+
+    since = await client.get(f"{INTENTS}?created_from=2026-01-02")
+    before = await client.get(f"{INTENTS}?created_to=2026-01-02")
+    # 2026-01-02 at 00:00 in UTC+1 is 23:00 on the 1st in UTC.
+    offset = await client.get(f"{INTENTS}?created_from=2026-01-02T00:00:00%2B01:00")
+
+    assert [i["id"] for i in since.body["intents"]] == [intent_id_hex(second)]
+    assert [i["id"] for i in before.body["intents"]] == [intent_id_hex(first)]
+    assert {i["id"] for i in offset.body["intents"]} == {
+        intent_id_hex(first),
+        intent_id_hex(second),
+    }
+
+
+async def test_a_created_bound_that_is_no_date_is_422(client):
+    reply = await client.get(f"{INTENTS}?created_from=yesterday")
+
+    assert (reply.status, reply.error_code) == (422, "invalid_request")
+    [problem] = reply.body["error"]["fields"]
+    assert problem["path"] == "query.created_from"
+    assert "ISO 8601 date or time" in problem["message"]
 
 
 async def test_times_out_of_range_are_422_naming_the_parameter(client):
