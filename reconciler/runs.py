@@ -167,14 +167,22 @@ async def compute(
     *,
     scan_logs: bool = False,
     every_intent: bool = False,
+    window: snapshot.Window | None = None,
 ) -> Run:
     """Reconcile the books at ``cut`` without writing anything.
 
-    ``every_intent`` loads settled intents row by row too (see
-    :mod:`snapshot`), for callers that list them; the run is the same.
+    ``every_intent`` loads settled intents row by row too, and ``window``
+    sums those created in it by partner and day (see :mod:`snapshot`), for
+    callers that list or group them; the run is the same either way.
     """
     snap = await snapshot.take(
-        pool, chain, config, cut, scan_logs=scan_logs, every_intent=every_intent
+        pool,
+        chain,
+        config,
+        cut,
+        scan_logs=scan_logs,
+        every_intent=every_intent,
+        window=window,
     )
     matching = matches.match(snap, config) if snap.is_complete else None
     verdict, reasons = decide(snap, matching)
@@ -290,16 +298,15 @@ async def execute(
     *,
     trigger: str = "schedule",
     scan_logs: bool = False,
-    every_intent: bool = False,
+    window: snapshot.Window | None = None,
 ) -> Run:
     """Reconcile now, store the run and move break and alert state; return the run.
 
-    Safe to call from several processes: persistence is serialised.
+    ``window`` is as for :func:`compute`. Safe to call from several
+    processes: persistence is serialised.
     """
     cut = await choose_cut(pool, chain, config)
-    run = await compute(
-        pool, chain, config, cut, scan_logs=scan_logs, every_intent=every_intent
-    )
+    run = await compute(pool, chain, config, cut, scan_logs=scan_logs, window=window)
     async with db.transaction(pool) as connection:
         await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         run = await _persist(connection, run, trigger)

@@ -18,7 +18,9 @@ agrees in amount, recipient and minter, never reversed. No rule of matching
 can apply to them, so by default they are matched and summed in SQL and only
 counted here (:class:`Settled`); every other intent and every mint not of a
 settled intent is loaded row by row. Asked for every intent, the snapshot
-loads them all and counts nothing apart; both ways give the same run.
+loads them all and counts nothing apart; both ways give the same run. Asked
+for a window of creation times, it also sums the settled intents created in
+it per partner and UTC day, which is all a report needs of them.
 
 This module only reads. It reads ``intents``, ``intent_events``,
 ``reward_mints``, ``token_transfers``, ``signers``, ``tx_attempts`` and
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import date, datetime
 
 import asyncpg
 
@@ -114,18 +116,34 @@ class AttemptAt:
 
 
 @dataclass(frozen=True)
-class Settled:
-    """Confirmed intents matched in SQL: counted and summed, not loaded.
+class SettledDay:
+    """The settled intents of one partner created on one UTC day."""
 
-    Each has exactly one mint at or below the cut, by one of our signers, to
-    its wallet and of its amount, so ``amount_wei`` is also what they minted.
-    """
-
+    partner: str
+    day: date
     count: int
     amount_wei: Wei
 
 
+@dataclass(frozen=True)
+class Settled:
+    """Confirmed intents matched in SQL: counted and summed, not loaded.
+
+    Each has exactly one mint at or below the cut, by one of our signers, to
+    its wallet and of its amount, so ``amount_wei`` is also what they minted;
+    none is reversed by the cut. ``days`` breaks down those created in the
+    window the snapshot was asked for (none when it was asked for none).
+    """
+
+    count: int
+    amount_wei: Wei
+    days: tuple[SettledDay, ...] = ()
+
+
 NOTHING_SETTLED = Settled(count=0, amount_wei=Wei(0))
+
+# A window of creation times, [from, to); None is open on that side.
+Window = tuple[datetime | None, datetime | None]
 
 
 @dataclass(frozen=True)
@@ -174,11 +192,13 @@ async def take(
     *,
     scan_logs: bool = False,
     every_intent: bool = False,
+    window: Window | None = None,
 ) -> Snapshot:
     """Read the books at ``cut``; chain failures become problems, not errors.
 
     With ``every_intent`` no intent is left out as settled: for callers
-    that list intents row by row.
+    that list intents row by row. With ``window``, the settled intents
+    created in it are also summed per partner and day (``settled.days``).
 
     Raises DatabaseUnavailableError (from the pool) when PostgreSQL is down.
     """
@@ -188,7 +208,11 @@ async def take(
         connection.transaction(isolation="repeatable_read", readonly=True),
     ):
         book = await _read_database(
-            connection, cut, config.tail_checkpoint, every_intent=every_intent
+            connection,
+            cut,
+            config.tail_checkpoint,
+            every_intent=every_intent,
+            window=window,
         )
 
     problems = _index_problems(config, cut, book.checkpoint_block)
@@ -258,13 +282,14 @@ async def _read_database(
     checkpoint_name: str | None,
     *,
     every_intent: bool,
+    window: Window | None,
 ) -> _Book:
     block = cut.block_number if cut.block_number is not None else -1
     address = _checksums()
     signers = await _signers_at(connection, cut.at)
     settled, rest = NOTHING_SETTLED, None
     if not every_intent:
-        settled, rest = await _settle(connection, cut.at, block, signers)
+        settled, rest = await _settle(connection, cut.at, block, signers, window)
     found = await _intents_at(connection, cut.at, address, rest)
     mints = await _mints_to(connection, block, address, rest)
     minted_ids = {m.intent_id for m in mints}
@@ -304,20 +329,29 @@ SELECT intent_id FROM reward_mints GROUP BY intent_id HAVING count(*) > 1
 
 # One row per intent at the cut and per intent id minted to without one,
 # flagged settled when no rule of matching can apply to it; grouped into
-# one total of the settled and one row per id of the rest. Addresses are
-# equal when their lower-case forms are, which for hex addresses is their
-# checksums being equal; comparing them exactly first spares most rows the
-# lower-casing.
+# one row of the settled and one row per id of the rest. The settled rows
+# created in the window ($7 true, [$8, $9)) are grouped by partner and UTC
+# day instead. Addresses are equal when their lower-case forms are, which
+# for hex addresses is their checksums being equal; comparing them exactly
+# first spares most rows the lower-casing.
 _SETTLE = """
-SELECT CASE WHEN settled THEN NULL ELSE id END AS id, count(*) AS count,
-       coalesce(sum(amount_wei), 0) AS amount_wei
-  FROM (SELECT coalesce(i.id, m.intent_id) AS id, i.amount_wei,
+SELECT CASE WHEN settled THEN NULL ELSE id END AS id,
+       CASE WHEN settled AND shown THEN partner END AS partner,
+       CASE WHEN settled AND shown
+            THEN (created_at AT TIME ZONE 'UTC')::date END AS day,
+       count(*) AS count, coalesce(sum(amount_wei), 0) AS amount_wei
+  FROM (SELECT coalesce(i.id, m.intent_id) AS id, i.amount_wei, i.partner,
+               i.created_at,
                i.status = $2 AND u.id IS NULL AND m.by_us
                AND (i.reversed_at IS NULL OR i.reversed_at > $1)
                AND m.amount_wei = i.amount_wei
                AND (m.to_address = i.wallet
-                    OR lower(m.to_address) = lower(i.wallet)) AS settled
-          FROM (SELECT id, amount_wei, wallet, status, reversed_at
+                    OR lower(m.to_address) = lower(i.wallet)) AS settled,
+               $7::boolean
+               AND i.created_at >= coalesce($8::timestamptz, '-infinity')
+               AND i.created_at < coalesce($9::timestamptz, 'infinity') AS shown
+          FROM (SELECT id, amount_wei, wallet, status, reversed_at, partner,
+                       created_at
                   FROM intents WHERE created_at <= $1) i
           LEFT JOIN unnest($6::bytea[]) AS u (id) ON u.id = i.id
           FULL JOIN (SELECT intent_id, amount_wei, to_address,
@@ -325,7 +359,7 @@ SELECT CASE WHEN settled THEN NULL ELSE id END AS id, count(*) AS count,
                             OR lower(minter) = ANY($5::text[]) AS by_us
                        FROM reward_mints WHERE block_number <= $3) m
                  ON m.intent_id = i.id) book
- GROUP BY 1
+ GROUP BY 1, 2, 3
 """
 
 
@@ -334,9 +368,11 @@ async def _settle(
     at: datetime,
     block: int,
     signers: Sequence[SignerAt],
+    window: Window | None,
 ) -> tuple[Settled, list[bytes]]:
     """Count the settled intents in SQL; return them and the ids of the rest."""
     unsure = await connection.fetch(_UNSURE, at)
+    from_, to = window or (None, None)
     rows = await connection.fetch(
         _SETTLE,
         at,
@@ -345,15 +381,24 @@ async def _settle(
         [s.address for s in signers],
         [s.address.lower() for s in signers],
         [r["intent_id"] for r in unsure],
+        window is not None,
+        from_,
+        to,
     )
-    settled = NOTHING_SETTLED
+    count = amount = 0
+    days = []
     rest = []
     for row in rows:
-        if row["id"] is None:
-            settled = Settled(row["count"], Wei(int(row["amount_wei"])))
-        else:
+        if row["id"] is not None:
             rest.append(bytes(row["id"]))
-    return settled, rest
+            continue
+        some = Wei(int(row["amount_wei"]))
+        count += row["count"]
+        amount += some
+        if row["partner"] is not None:
+            days.append(SettledDay(row["partner"], row["day"], row["count"], some))
+    days.sort(key=lambda d: (d.partner, d.day))
+    return Settled(count, Wei(amount), tuple(days)), rest
 
 
 def _checksums() -> Callable[[str], ChecksumAddress]:

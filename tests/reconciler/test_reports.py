@@ -101,6 +101,63 @@ async def test_the_json_report_has_the_documented_keys_and_integer_amounts(
     assert [r["class"] for r in data["breaks_by_class"]] == list(breaks.CLASSES)
 
 
+async def test_a_partners_totals_leave_out_what_was_never_owed(
+    book, chain, haven_settings, config
+):
+    await book.settle(TEN_HNV, partner="aurora")
+    await book.intent(3 * ONE_HNV, status=intents.READY, partner="aurora")
+    await book.intent(5 * ONE_HNV, status=intents.VOIDED, partner="aurora")
+    await book.index()
+
+    report = await reports.build(book.pool, chain, haven_settings, config=config)
+    [aurora] = report.data["by_partner"]
+
+    assert (aurora["count"], aurora["amount_wei"], aurora["net_wei"]) == (
+        2,
+        str(13 * ONE_HNV),
+        str(13 * ONE_HNV),
+    )
+    voided = next(r for r in aurora["by_status"] if r["status"] == "voided")
+    assert (voided["count"], voided["amount_wei"]) == (1, str(5 * ONE_HNV))
+
+
+async def test_settled_intents_summed_in_sql_give_the_report_of_every_row(
+    book, chain, config
+):
+    old = await book.settle(TEN_HNV, partner="aurora")
+    await book.backdate(old, 3 * 86_400)
+    yesterday = await book.settle(2 * ONE_HNV, partner="tribe")
+    await book.backdate(yesterday, 86_400)
+    await book.settle(3 * ONE_HNV, partner="aurora")
+    await book.settle(4 * ONE_HNV, partner="tribe")
+    reversed_ = await book.settle(5 * ONE_HNV, partner="tribe")
+    await book.settle(TEN_HNV, minted_wei=TEN_HNV + 1, partner="aurora")
+    await book.intent(6 * ONE_HNV, status=intents.VOIDED, partner="aurora")
+    await book.intent(7 * ONE_HNV, status=intents.READY, partner="tribe")
+    await book.index()
+    async with db.transaction(book.pool) as connection:
+        await intents.mark_reversed(connection, reversed_.id)
+    cut = await runs.choose_cut(book.pool, chain, config)
+    since = cut.at - timedelta(days=2)
+
+    assembled = {}
+    for window in [(since, None), (None, None), (None, cut.at - timedelta(hours=1))]:
+        fast = await runs.compute(book.pool, chain, config, cut, window=window)
+        full = await runs.compute(
+            book.pool, chain, config, cut, every_intent=True, window=window
+        )
+        shown = (*window, None)
+        assembled[window] = reports._assemble(fast, config, {}, [], shown)
+
+        assert fast.snapshot.settled.count == 4
+        assert assembled[window] == reports._assemble(full, config, {}, [], shown)
+    recent = assembled[since, None]
+    assert [(p["partner"], p["amount_wei"]) for p in recent["by_partner"]] == [
+        ("aurora", str(13 * ONE_HNV)),
+        ("tribe", str(18 * ONE_HNV)),
+    ]
+
+
 async def test_every_documented_json_key_and_csv_column_is_in_the_docs():
     text = DOCS.read_text(encoding="utf-8")
 
@@ -390,6 +447,27 @@ async def test_a_window_ending_near_1970_draws_no_day_before_it(
     report = await reports.build(book.pool, chain, haven_settings, to=to, config=config)
 
     assert [d["day"] for d in report.data["series"]] == days
+
+
+async def test_a_window_ending_after_the_cut_draws_its_days_up_to_the_cut(
+    book, chain, haven_settings, config
+):
+    await book.settle(TEN_HNV)
+    await book.index()
+
+    report = await reports.build(
+        book.pool,
+        chain,
+        haven_settings,
+        to=datetime(2999, 1, 1, tzinfo=UTC),
+        config=config,
+    )
+
+    series = report.data["series"]
+    cut_day = datetime.fromisoformat(report.data["cut"]["at"]).date()
+    assert len(series) == reports.SERIES_DAYS
+    assert series[-1]["day"] == cut_day.isoformat()
+    assert sum(d["intents"] for d in series) == 1
 
 
 async def test_an_incomplete_report_shows_the_last_known_breaks(
