@@ -8,6 +8,7 @@ directory forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -75,6 +76,47 @@ class AnvilNode:
     async def block_number(self) -> int:
         return int(await self.rpc("eth_blockNumber"), 16)
 
+    async def stalled(self) -> dict[str, list[str]]:
+        """Return the queued transactions anvil's automine will never mine.
+
+        anvil 1.7.1 can park a transaction as queued when it arrives while
+        the block that mines its predecessor is being built. Nothing
+        promotes it afterwards, and automine, which mines when a transaction
+        arrives, makes no further block: every later nonce of that sender
+        waits behind it for good. The signature is a queued transaction at
+        its sender's next nonce with nothing pending. Returned per sender,
+        the hashes of all its queued transactions in nonce order; empty
+        when nothing is stalled.
+        """
+        content = await self.rpc("txpool_content")
+        if content.get("pending"):
+            return {}
+        stalled = {}
+        for sender, by_nonce in (content.get("queued") or {}).items():
+            next_nonce = await self.rpc("eth_getTransactionCount", [sender, "latest"])
+            if str(int(next_nonce, 16)) in by_nonce:
+                ordered = sorted(by_nonce, key=int)
+                stalled[sender] = [by_nonce[nonce]["hash"] for nonce in ordered]
+        return stalled
+
+    async def release(self, stalled: dict[str, list[str]]) -> int:
+        """Empty the pool and send the ``stalled`` transactions back; return how many.
+
+        The same bytes go back, so the same hashes are mined: what a node of
+        a real network does by itself when it re-checks its queue at a new
+        block. Anything else in the pool is dropped with them, so call it
+        only while :meth:`stalled` keeps answering the same.
+        """
+        raws = [
+            await self.rpc("eth_getRawTransactionByHash", [tx_hash])
+            for hashes in stalled.values()
+            for tx_hash in hashes
+        ]
+        await self.rpc("anvil_dropAllTransactions")
+        for raw in raws:
+            await self.rpc("eth_sendRawTransaction", [raw])
+        return len(raws)
+
 
 async def _wait_until_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     payload = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
@@ -136,3 +178,34 @@ async def running_anvil(
             process.kill()
             process.wait()
         shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+@asynccontextmanager
+async def releasing_stalls(
+    node: AnvilNode, *, every_s: float = 0.5
+) -> AsyncIterator[list[int]]:
+    """Watch ``node`` for the block and release what stays stalled.
+
+    A stall seen the same on two looks in a row (``every_s`` apart) is
+    released with :meth:`AnvilNode.release`. Yields a list that gets the
+    number of transactions of each release.
+    """
+    released: list[int] = []
+
+    async def watch() -> None:
+        last: dict[str, list[str]] = {}
+        while True:
+            await asyncio.sleep(every_s)
+            now = await node.stalled()
+            if now and now == last:
+                released.append(await node.release(now))
+                now = {}
+            last = now
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield released
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
