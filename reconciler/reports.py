@@ -23,7 +23,9 @@ import contextlib
 import csv
 import io
 import os
+import shutil
 import sys
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -475,7 +477,9 @@ def _series(
     days = [first + timedelta(days=n) for n in range((last.date() - first).days + 1)]
     opened: dict[date, int] = defaultdict(int)
     for row in listed:
-        opened[datetime.fromisoformat(row["first_seen_at"]).date()] += 1
+        seen_at = datetime.fromisoformat(row["first_seen_at"])
+        if _in_window(seen_at, from_, to):
+            opened[seen_at.astimezone(UTC).date()] += 1
     nothing = _Sum()
     return [
         {
@@ -879,15 +883,43 @@ async def command(settings: Settings, args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return exit_code(report.verdict)
     try:
-        args.output.write_text(text, encoding="utf-8")
+        write_whole(args.output, text)
     except OSError as exc:
-        # Checked above; this is the race where the path changed meanwhile.
+        # Checked above: a full disk, or the path changed meanwhile.
+        stored = "nothing" if report.run_id is None else f"run {report.run_id}"
         return _usage_error(
             "--output",
             f"expected a writable file, got {str(args.output)!r} "
-            f"({exc.strerror}); run {report.run_id} was stored",
+            f"({exc.strerror}); {stored} was stored",
         )
     return exit_code(report.verdict)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all.
+
+    A regular file (or a new one) is written beside itself under a
+    temporary name and renamed over ``path``, so a reader, or a full disk,
+    never meets half a report, and a failed write leaves the old file as it
+    was. Anything else (a terminal, a pipe, ``/dev/stdout``) is written
+    directly. Raises OSError.
+    """
+    if path.exists() and not path.is_file():
+        path.write_text(text, encoding="utf-8")
+        return
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            shutil.copymode(path, name)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
 
 
 def _unwritable(path: Path) -> str | None:

@@ -8,7 +8,12 @@ import asyncio
 import csv
 import dataclasses
 import io
+import os
 import re
+import stat
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -470,6 +475,27 @@ async def test_a_window_ending_after_the_cut_draws_its_days_up_to_the_cut(
     assert sum(d["intents"] for d in series) == 1
 
 
+async def test_the_series_counts_only_breaks_first_seen_in_the_window(
+    book, chain, haven_settings, config
+):
+    stale = await book.intent(status=intents.READY)
+    await book.backdate(stale, config.stale_intent_grace_s + 60)
+    await book.index()
+    started = datetime.now(UTC)
+
+    everything = await reports.build(book.pool, chain, haven_settings, config=config)
+    before = await reports.build(
+        book.pool, chain, haven_settings, to=started, config=config
+    )
+
+    assert [b["subject"] for b in everything.data["breaks"]] == [
+        intent_id_hex(stale.id)
+    ]
+    assert sum(d["breaks"] for d in everything.data["series"]) == 1
+    # First seen by the first report, after the second window ends.
+    assert sum(d["breaks"] for d in before.data["series"]) == 0
+
+
 async def test_an_incomplete_report_shows_the_last_known_breaks(
     book, chain, haven_settings, config, anvil
 ):
@@ -524,6 +550,48 @@ async def test_the_command_writes_the_report_and_exits_by_verdict(
     assert reconciled == reports.EXIT_RECONCILED
     assert orjson.loads(output.read_bytes())["verdict"] == runs.RECONCILED
     assert pending == reports.EXIT_NOT_RECONCILED
+
+
+_WRITE_CAPPED = """
+import resource, signal, sys
+from pathlib import Path
+from haven.reconciler.reports import write_whole
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+write_whole(Path(sys.argv[1]), "x" * 100_000)
+"""
+
+
+def test_a_report_file_is_replaced_whole_or_left_as_it_was(tmp_path):
+    output = tmp_path / "report.json"
+    output.write_text("the previous report")
+
+    failed = subprocess.run(
+        [sys.executable, "-c", _WRITE_CAPPED, str(output)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert failed.returncode != 0 and "File too large" in failed.stderr
+    assert output.read_text() == "the previous report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    reports.write_whole(output, "the next report")
+    assert output.read_text() == "the next report"
+
+
+def test_a_report_to_a_pipe_is_written_into_it(tmp_path):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()))
+    reader.start()
+
+    reports.write_whole(pipe, "through the pipe")
+    reader.join(timeout=10)
+
+    assert received == ["through the pipe"]
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
 
 
 NOW = datetime(2026, 12, 4, 12, tzinfo=UTC)
