@@ -102,6 +102,13 @@ async def list_intents(request: web.Request) -> web.Response:
         "created_from": query.moment("created_from"),
         "created_to": query.moment("created_to"),
     }
+    start, end = filters["created_from"], filters["created_to"]
+    if start is not None and end is not None and start >= end:
+        query.fail(
+            "created_from",
+            f"expected a time before created_to ({end.isoformat()}), "
+            f"got {start.isoformat()}",
+        )
     limit = query.limit()
     after = _position(query)
     query.done()

@@ -22,7 +22,9 @@ MEDIA_TYPES = {
 
 
 def routes() -> list[web.RouteDef]:
-    return [web.get("/reports", get_report, name="reports.get")]
+    # No HEAD: a report of now reconciles and stores a run, which a probe
+    # asking only for headers should not set off.
+    return [web.get("/reports", get_report, name="reports.get", allow_head=False)]
 
 
 async def get_report(request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ import base64
 import binascii
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -39,7 +39,11 @@ MAX_NOTE_LENGTH = 1000
 # every day added to a bound inside what datetime and PostgreSQL can hold.
 EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_TIME = datetime(9999, 1, 1, tzinfo=UTC)
-TIME_RANGE = f"from {EARLIEST_TIME:%Y-%m-%d} to {LATEST_TIME:%Y-%m-%d} UTC"
+# Said inclusively: the last day a time may fall on.
+TIME_RANGE = (
+    f"from {EARLIEST_TIME:%Y-%m-%d} through "
+    f"{LATEST_TIME - timedelta(days=1):%Y-%m-%d} UTC"
+)
 
 ACTOR = web.RequestKey("haven.admin.actor", str)
 AUDITED = web.RequestKey("haven.admin.audited", bool)
@@ -251,7 +255,9 @@ class Query:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
-            self.fail(name, "expected an ISO 8601 date or time, e.g. 2026-12-01")
+            # A query string decodes an unescaped + to a space.
+            hint = " (a + in an offset is sent as %2B)" if " " in value else ""
+            self.fail(name, f"expected an ISO 8601 date or time, e.g. 2026-12-01{hint}")
             return None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)

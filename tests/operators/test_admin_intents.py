@@ -87,13 +87,23 @@ async def test_created_bounds_take_a_bare_date_as_utc_midnight(client, service):
     }
 
 
-async def test_a_created_bound_that_is_no_date_is_422(client):
-    reply = await client.get(f"{INTENTS}?created_from=yesterday")
+async def test_created_bounds_that_are_no_dates_or_no_window_are_422(client):
+    garbage = await client.get(f"{INTENTS}?created_from=yesterday")
+    # An unescaped + arrives as a space.
+    unescaped = await client.get(f"{INTENTS}?created_from=2026-12-01T10:00+05:00")
+    backwards = await client.get(
+        f"{INTENTS}?created_from=2026-12-05&created_to=2026-12-01"
+    )
 
-    assert (reply.status, reply.error_code) == (422, "invalid_request")
-    [problem] = reply.body["error"]["fields"]
-    assert problem["path"] == "query.created_from"
-    assert "ISO 8601 date or time" in problem["message"]
+    messages = []
+    for reply in (garbage, unescaped, backwards):
+        assert (reply.status, reply.error_code) == (422, "invalid_request")
+        [problem] = reply.body["error"]["fields"]
+        assert problem["path"] == "query.created_from"
+        messages.append(problem["message"])
+    assert "ISO 8601 date or time" in messages[0]
+    assert "%2B" in messages[1] and "%2B" not in messages[0]
+    assert "before created_to (2026-12-01T00:00:00+00:00)" in messages[2]
 
 
 async def test_times_out_of_range_are_422_naming_the_parameter(client):
@@ -110,7 +120,7 @@ async def test_times_out_of_range_are_422_naming_the_parameter(client):
         assert (reply.status, reply.error_code) == (422, "invalid_request")
         [problem] = reply.body["error"]["fields"]
         assert problem["path"] == f"query.{name}"
-        assert "from 1970-01-01 to 9999-01-01 UTC" in problem["message"]
+        assert "from 1970-01-01 through 9998-12-31 UTC" in problem["message"]
 
 
 async def test_a_forged_cursor_with_an_overflowing_time_is_422(client):

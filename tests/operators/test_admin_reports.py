@@ -27,6 +27,15 @@ async def test_the_json_report_counts_the_books_and_names_its_verdict(client, se
     assert run == 1
 
 
+async def test_head_is_not_allowed_and_stores_no_run(client, service):
+    reply = await client.request("HEAD", REPORTS)
+
+    assert reply.status == 405
+    assert reply.headers["Allow"] == "GET"
+    run = await service.pool.fetchval("SELECT count(*) FROM reconciliation_runs")
+    assert run == 0
+
+
 async def test_csv_and_html_are_the_same_report(client, service):
     await seed_intent(service.pool, "AUR-rep-csv", amount_wei=7 * 10**18)
 
