@@ -1,9 +1,12 @@
 """``python -m benches``: run the benchmarks, print the table, write the results.
 
 Options: ``--scale`` shrinks every size (``0.01`` for a smoke run),
-``--only`` picks benchmarks by name, ``--output`` names the results file
-(``benches/results/latest.json`` by default). Exits 1 when a benchmark
-could not run at all; a missed goal is reported, not an error.
+``--only`` picks benchmarks by name, ``--output`` names the results file.
+By default a full run (all five at scale 1) writes
+``benches/results/latest.json``, the run ``benches/README.md`` reports, and
+any other run ``benches/results/partial.json``, so a smoke run never
+replaces the recorded one. Exits 1 when a benchmark could not run at all;
+a missed goal is reported, not an error.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ BENCHMARKS: dict[str, Measure] = {
     reconcile.NAME: reconcile.measure,
     reorg.NAME: reorg.measure,
 }
-DEFAULT_OUTPUT = services.ROOT / "benches" / "results" / "latest.json"
+RESULTS = services.ROOT / "benches" / "results"
+FULL_OUTPUT = RESULTS / "latest.json"
+PARTIAL_OUTPUT = RESULTS / "partial.json"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -46,14 +51,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=",".join(BENCHMARKS),
         help=f"comma-separated benchmarks to run (default: {','.join(BENCHMARKS)})",
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help=f"results file (default: {FULL_OUTPUT.name} for a full run, "
+        f"{PARTIAL_OUTPUT.name} for any other, in {RESULTS})",
+    )
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error(f"--scale must be positive, got {args.scale}")
     args.names = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; expected {args.only}")
+        parser.error(
+            f"unknown benchmark(s) {', '.join(unknown)}; "
+            f"expected some of {','.join(BENCHMARKS)}"
+        )
+    if args.output is None:
+        full = args.scale == 1.0 and sorted(args.names) == sorted(BENCHMARKS)
+        args.output = FULL_OUTPUT if full else PARTIAL_OUTPUT
     return args
 
 

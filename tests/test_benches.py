@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
+from benches.__main__ import FULL_OUTPUT, PARTIAL_OUTPUT, parse_args
+
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["ingest", "backfill", "mint", "reconcile", "reorg"]
 SMOKE_TIMEOUT_S = 240
@@ -69,3 +71,14 @@ def test_the_machine_block_names_the_hardware_and_every_server(
     assert machine["cpu_count"] >= 1 and machine["memory_mb"] > 0
     for server in ("python", "postgres", "redis", "anvil"):
         assert machine[server], f"{server} version missing"
+
+
+def test_only_a_full_run_replaces_the_recorded_results(capsys):
+    assert parse_args([]).output == FULL_OUTPUT
+    assert parse_args(["--only", ",".join(reversed(NAMES))]).output == FULL_OUTPUT
+    assert parse_args(["--scale", "0.01"]).output == PARTIAL_OUTPUT
+    assert parse_args(["--only", "reorg"]).output == PARTIAL_OUTPUT
+    assert parse_args(["--output", "/tmp/x.json"]).output == Path("/tmp/x.json")
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "reorg,speed"])
+    assert "expected some of " + ",".join(NAMES) in capsys.readouterr().err
