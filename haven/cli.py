@@ -23,6 +23,7 @@ import uvloop
 from haven import logs, settings
 from haven.errors import (
     ChainError,
+    ChainMismatchError,
     ConfigError,
     DatabaseUnavailableError,
     HavenError,
@@ -246,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    except MigrationError as exc:
+    except (MigrationError, ChainMismatchError) as exc:
+        # Neither goes away by itself: a restart would meet it again.
         print(f"haven: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (DatabaseUnavailableError, ChainError) as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from ops.processes import HAVEN, haven_environ
 
-from harness.anvil import DEV_KEYS
+from harness.anvil import DEV_KEYS, AnvilNode
 from harness.databases import dsn_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -96,3 +96,23 @@ async def test_a_count_out_of_range_is_refused_before_anything_is_done(
     assert code == EXIT_CONFIG
     assert said in err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [("report",), ("run",)])
+async def test_a_node_of_another_chain_is_a_settings_error_not_an_outage(
+    database_url: str, redis_prefix: str, anvil: AnvilNode, argv: tuple[str, ...]
+):
+    environ = haven_environ(
+        database_url,
+        redis_prefix,
+        HAVEN_RPC_URL=anvil.url,
+        HAVEN_CHAIN_ID="1",
+        HAVEN_TOKEN_ADDRESS=SOME_TOKEN,
+    )
+
+    code, err = await haven(environ, *argv)
+
+    # The units do not restart on 2: a restart would meet the same node.
+    assert code == EXIT_CONFIG
+    assert f"serves chain id {anvil.chain_id}, expected HAVEN_CHAIN_ID=1" in err
+    assert "Traceback" not in err
