@@ -655,12 +655,15 @@ def hnv(amount_wei: str | None) -> str:
 
 def render_table(data: dict[str, Any]) -> str:
     """Render the report as aligned plain text for a terminal."""
-    cut = data["cut"]
+    cut, window = data["cut"], data["window"]
     block = cut["block_number"]
     lines = [
         f"verdict: {data['verdict']}",
         f"cut:     {cut['at']} at "
-        + (f"block {block}" if block is not None else "an unknown block"),
+        + (f"block {block}" if block is not None else "an unknown block")
+        + (" (as of)" if window["as_of"] else ""),
+        f"window:  intents created from {window['from'] or 'the start'} "
+        f"to {window['to'] or 'the cut'}",
         f"token:   {data['token']}",
     ]
     lines += [f"reason:  {reason}" for reason in data["reasons"]]
@@ -697,6 +700,7 @@ def render_table(data: dict[str, Any]) -> str:
         "",
         *_table(["stuck", "amount", "blocks", "attempts"], _stuck_cells(data)),
     ]
+    lines += ["", *_table(["day", "intents", "amount", "breaks"], _day_cells(data))]
     return "\n".join(lines) + "\n"
 
 
@@ -776,6 +780,14 @@ def _stuck_cells(data: dict[str, Any]) -> list[list[str]]:
             str(len(r["attempts"])),
         ]
         for r in data["stuck"][:SHOWN_ROWS]
+    ]
+
+
+def _day_cells(data: dict[str, Any]) -> list[list[str]]:
+    # The latest days, newest last, as the series runs.
+    return [
+        [r["day"], str(r["intents"]), hnv(r["amount_wei"]), str(r["breaks"])]
+        for r in data["series"][-SHOWN_ROWS:]
     ]
 
 

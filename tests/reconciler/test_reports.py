@@ -211,6 +211,9 @@ async def test_the_table_shows_hnv_for_people(
     assert "12 HNV" in text
     assert "3 HNV" in text
     assert intent_id_hex(known_book.id) in text
+    assert "window:  intents created from the start to the cut\n" in text
+    today = report.data["series"][-1]
+    assert re.search(rf"^{today['day']}\s+3\s+15 HNV\s+0$", text, re.MULTILINE)
 
 
 class _Checker(HTMLParser):
