@@ -139,16 +139,34 @@ def _escape_controls(record: Record) -> None:
 
 class _ToLoguru(logging.Handler):
     """Carry records of libraries that use ``logging`` (asyncpg, aiohttp,
-    apscheduler) into loguru, so they share its format, JSON included."""
+    apscheduler) into loguru, so they share its format, JSON included.
+
+    A library's warning that carries an exception (asyncpg's pool, each
+    time it fails to reconnect while PostgreSQL is down) keeps the
+    exception's type and message on its one line; its traceback is shown
+    only when haven logs at DEBUG. Errors keep theirs.
+    """
+
+    def __init__(self, *, tracebacks_below_error: bool) -> None:
+        super().__init__()
+        self._tracebacks_below_error = tracebacks_below_error
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.bind(library=record.name).opt(exception=record.exc_info).log(
-            level, record.getMessage()
-        )
+        message = record.getMessage()
+        exc_info = record.exc_info
+        if (
+            exc_info
+            and exc_info[1] is not None
+            and record.levelno < logging.ERROR
+            and not self._tracebacks_below_error
+        ):
+            message = f"{message}: {type(exc_info[1]).__name__}: {exc_info[1]}"
+            exc_info = None
+        logger.bind(library=record.name).opt(exception=exc_info).log(level, message)
 
 
 # Libraries whose INFO lines narrate routine (APScheduler: every job added
@@ -157,7 +175,8 @@ _CHATTY = ("apscheduler",)
 
 
 def _route_standard_logging(level: str) -> None:
-    logging.basicConfig(handlers=[_ToLoguru()], level=level, force=True)
+    handler = _ToLoguru(tracebacks_below_error=level == "DEBUG")
+    logging.basicConfig(handlers=[handler], level=level, force=True)
     for name in _CHATTY:
         logging.getLogger(name).setLevel(
             logging.NOTSET if level == "DEBUG" else logging.WARNING

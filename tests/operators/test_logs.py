@@ -154,6 +154,25 @@ def test_records_of_libraries_using_logging_are_json_lines_too(captured):
     assert "ConnectionRefusedError" in json.loads(lines[0])["text"]
 
 
+def test_a_library_warning_with_an_exception_is_one_line(captured):
+    logs.configure(None, process="listener", sink=captured)
+    try:
+        try:
+            raise ConnectionRefusedError("connect call failed")
+        except ConnectionRefusedError:
+            logging.getLogger("asyncpg.pool").warning(
+                "Failed to restore the pool connection floor", exc_info=True
+            )
+    finally:
+        logging.basicConfig(handlers=[], force=True)
+
+    [line] = captured.getvalue().splitlines()
+    assert (
+        " WARNING haven.logs Failed to restore the pool connection floor: "
+        "ConnectionRefusedError: connect call failed {" in line
+    )
+
+
 def test_routine_scheduler_lines_are_heard_only_at_debug(captured):
     logs.configure(None, process="reconciler", sink=captured)
     try:
