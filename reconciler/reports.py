@@ -660,12 +660,13 @@ def render_table(data: dict[str, Any]) -> str:
     lines = [
         f"verdict: {data['verdict']}",
         f"cut:     {cut['at']} at "
-        + (f"block {block}" if block is not None else "an unknown block")
-        + (" (as of)" if window["as_of"] else ""),
+        + (f"block {block}" if block is not None else "an unknown block"),
         f"window:  intents created from {window['from'] or 'the start'} "
         f"to {window['to'] or 'the cut'}",
         f"token:   {data['token']}",
     ]
+    if window["as_of"]:
+        lines.insert(1, f"as of:   {window['as_of']} (recomputed, nothing stored)")
     lines += [f"reason:  {reason}" for reason in data["reasons"]]
     lines += ["", *_table(["total", "amount"], _total_cells(data["totals"]))]
     lines += [

@@ -756,4 +756,6 @@ async def test_a_cut_without_a_block_reports_indexed_figures_as_unknown(
     assert totals["minted_indexed_wei"] is None
     assert totals["transfers_minted_wei"] is None
     assert totals["db_confirmed_wei"] == str(TEN_HNV)
-    assert " at an unknown block\n" in reports.render(report, "table")
+    table = reports.render(report, "table")
+    assert " at an unknown block\n" in table
+    assert "\nas of:   " + report.data["window"]["as_of"] + " (recomputed" in table
