@@ -16,8 +16,6 @@ from typing import Any
 import orjson
 import pytest
 
-from benches.__main__ import FULL_OUTPUT, PARTIAL_OUTPUT, parse_args
-
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["ingest", "backfill", "mint", "reconcile", "reorg"]
 SMOKE_TIMEOUT_S = 240
@@ -73,12 +71,35 @@ def test_the_machine_block_names_the_hardware_and_every_server(
         assert machine[server], f"{server} version missing"
 
 
-def test_only_a_full_run_replaces_the_recorded_results(capsys):
-    assert parse_args([]).output == FULL_OUTPUT
-    assert parse_args(["--only", ",".join(reversed(NAMES))]).output == FULL_OUTPUT
-    assert parse_args(["--scale", "0.01"]).output == PARTIAL_OUTPUT
-    assert parse_args(["--only", "reorg"]).output == PARTIAL_OUTPUT
-    assert parse_args(["--output", "/tmp/x.json"]).output == Path("/tmp/x.json")
-    with pytest.raises(SystemExit):
-        parse_args(["--only", "reorg,speed"])
-    assert "expected some of " + ",".join(NAMES) in capsys.readouterr().err
+_OUTPUTS = """
+import sys
+from benches.__main__ import parse_args
+for argv in sys.argv[1:]:
+    try:
+        print(parse_args(argv.split()).output)
+    except SystemExit:
+        print("refused")
+"""
+
+
+def test_only_a_full_run_replaces_the_recorded_results():
+    runs = ["", f"--only {','.join(reversed(NAMES))}", "--scale 0.01", "--only reorg"]
+    runs += ["--output /tmp/x.json", "--only reorg,speed"]
+    done = subprocess.run(
+        [sys.executable, "-c", _OUTPUTS, *runs],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    results = ROOT / "benches" / "results"
+    assert done.stdout.splitlines() == [
+        str(results / "latest.json"),
+        str(results / "latest.json"),
+        str(results / "partial.json"),
+        str(results / "partial.json"),
+        "/tmp/x.json",
+        "refused",
+    ]
+    assert "expected some of " + ",".join(NAMES) in done.stderr
