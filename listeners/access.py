@@ -14,6 +14,7 @@ import logging
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web import RequestPayloadError
 from loguru import logger
 
 from haven.listeners import correlation
@@ -61,6 +62,12 @@ class ClientMistakes(logging.Filter):
             remote = record.args[0] if isinstance(record.args, tuple) else None
             record.msg = "refused a request from %s that is not valid HTTP (400): %s"
             record.args = (remote or "an unknown client", exc.message)
+            record.exc_info = record.exc_text = None
+        elif isinstance(exc, RequestPayloadError):
+            # Met again while draining a body the handler already refused.
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "dropped the rest of a request body that does not decode: %s"
+            record.args = (str(exc.__cause__ or exc).strip(),)
             record.exc_info = record.exc_text = None
         return True
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
+from aiohttp.web import RequestPayloadError
 from loguru import logger
 
 from haven import metrics
@@ -209,10 +210,24 @@ async def _read_body(request: web.Request) -> bytes:
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise too_large
     body = bytearray()
-    async for chunk in request.content.iter_chunked(MAX_BODY_BYTES):
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise too_large
+    try:
+        async for chunk in request.content.iter_chunked(MAX_BODY_BYTES):
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise too_large
+    except RequestPayloadError:
+        # A gzip or deflate body that does not decode. The rest of the
+        # stream cannot be read either: the connection ends with the answer
+        # (aiohttp's attempt to drain it is logged as a client mistake).
+        encoding = request.headers.get("Content-Encoding", "")
+        raise Rejection(
+            400,
+            "malformed_body",
+            f"the body does not decode as its Content-Encoding ({encoding}) says"
+            if encoding
+            else "the body could not be read as sent",
+            headers={"Connection": "close"},
+        ) from None
     return bytes(body)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import orjson
 
 from haven import intents
+from haven.listeners import access
 from haven.types import parse_intent_id
 
 ISSUE_EXAMPLE = (
@@ -73,6 +75,35 @@ async def test_malformed_json_is_answered_400_after_the_signature_holds(partner)
 
     assert reply.status == 400
     assert reply.error_code == "malformed_json"
+
+
+async def test_a_compressed_body_is_verified_decoded_and_a_corrupt_one_is_400(
+    partner, caplog
+):
+    access.quiet_client_mistakes()  # as `haven listen` serves the app
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    signed = headers | partner.sign("aurora", ISSUE_EXAMPLE, delivery_id="msg_gzip_1")
+    accepted = await partner.post(
+        "/webhooks/aurora", gzip.compress(ISSUE_EXAMPLE), signed
+    )
+    # Unsigned: the body is read, and found corrupt, before any signature.
+    corrupt = {
+        encoding: await partner.post(
+            "/webhooks/aurora", body, headers | {"Content-Encoding": encoding}
+        )
+        for encoding, body in [
+            ("gzip", b"\x1f\x8b\x08\x00" + b"\xff" * 64),
+            ("deflate", b"nope"),
+        ]
+    }
+
+    assert accepted.status == 202
+    for encoding, reply in corrupt.items():
+        assert (reply.status, reply.error_code) == (400, "malformed_body"), encoding
+        assert f"({encoding})" in reply.body["error"]["message"]
+        assert reply.headers["Connection"] == "close"
+    server = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert server and all(r.levelname == "WARNING" and not r.exc_info for r in server)
 
 
 async def test_a_json_body_that_is_not_an_object_is_answered_422_at_the_root(
