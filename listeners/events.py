@@ -491,7 +491,9 @@ def _text_problems(value: Any, path: str) -> list[FieldProblem]:
     if isinstance(value, dict):
         found = []
         for key, item in value.items():
-            child = key if path == "$" else f"{path}.{key}"
+            # A key that cannot be stored cannot be answered as it is either.
+            shown = key if _is_storable_text(key) else _escaped(key)
+            child = shown if path == "$" else f"{path}.{shown}"
             found += _text_problems(key, child) + _text_problems(item, child)
         return found
     if isinstance(value, list):
@@ -503,6 +505,10 @@ def _text_problems(value: Any, path: str) -> list[FieldProblem]:
     if isinstance(value, str) and not _is_storable_text(value):
         return [{"path": path, "message": "must not contain NUL or lone surrogates"}]
     return []
+
+
+def _escaped(value: str) -> str:
+    return value.encode("unicode_escape").decode("ascii")
 
 
 def _is_storable_text(value: str) -> bool:

@@ -76,9 +76,12 @@ async def receive(request: web.Request) -> web.Response:
     )
 
     try:
-        answer = await _process(request, receiver, attempt)
-    except Rejection as exc:
-        answer = exc.to_answer()
+        try:
+            answer = await _process(request, receiver, attempt)
+        except Rejection as exc:
+            answer = exc.to_answer()
+        # Rendered before it is logged: the log holds what the client gets.
+        response = answer.to_response()
     except Exception as exc:
         # The app's error boundary logs the traceback and answers 500; the
         # attempt is logged here all the same, as every request is.
@@ -93,7 +96,7 @@ async def receive(request: web.Request) -> web.Response:
             status_code=answer.status_code,
             outcome=answer.outcome,
         ).info("webhook refused")
-    return answer.to_response()
+    return response
 
 
 async def _record(receiver: Receiver, attempt: Attempt, answer: Answer) -> None:

@@ -163,7 +163,8 @@ def test_a_nul_in_an_id_is_reported_once():
 def test_a_nul_in_a_key_and_its_value_is_reported_once():
     found = problems("aurora", envelope("booking.modified", {"k\u0000": "v\u0000"}))
 
-    assert found == [("data.k\u0000", "must not contain NUL or lone surrogates")]
+    # Escaped in the path, so the answer shows it and can always be encoded.
+    assert found == [("data.k\\x00", "must not contain NUL or lone surrogates")]
 
 
 @pytest.mark.parametrize(
@@ -198,6 +199,19 @@ def test_lone_surrogates_are_refused():
     )
 
     assert problems("tribe", payload)[0][0] == "data.n"
+
+
+def test_a_lone_surrogate_in_a_key_is_refused_under_an_escaped_path():
+    payload = events.parse_body(
+        b'{"type": "x.y", "timestamp": "2026-12-01T10:00:00Z", '
+        b'"data": {"list": [{"\\udcff": 1}]}, "\\ud800x": 2}'
+    )
+
+    found = problems("tribe", payload)
+
+    assert [path for path, _ in found] == ["data.list[0].\\udcff", "\\ud800x"]
+    for path, _ in found:
+        path.encode("utf-8")
 
 
 def test_control_characters_in_ids_are_refused():

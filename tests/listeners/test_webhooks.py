@@ -106,6 +106,21 @@ async def test_a_compressed_body_is_verified_decoded_and_a_corrupt_one_is_400(
     assert server and all(r.levelname == "WARNING" and not r.exc_info for r in server)
 
 
+async def test_a_lone_surrogate_in_a_key_is_answered_422_and_logged_as_sent(
+    partner, conn
+):
+    body = ISSUE_EXAMPLE[:-2] + b', "\\udcff": 1}}'
+
+    reply = await partner.send("aurora", body)
+
+    assert (reply.status, reply.error_code) == (422, "invalid_event")
+    assert reply.body["error"]["fields"][0]["path"] == "data.\\udcff"
+    logged = await conn.fetchval(
+        "SELECT status_code FROM webhook_attempts ORDER BY id DESC LIMIT 1"
+    )
+    assert logged == 422
+
+
 async def test_a_json_body_that_is_not_an_object_is_answered_422_at_the_root(
     partner,
 ):
