@@ -32,7 +32,11 @@ MAX_DEPTH = 32
 # Python's own bound on converting digits to an int (and back, which the
 # canonical form of a body does); an amount in wei needs at most 78.
 MAX_INTEGER_DIGITS = 4300
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A JSON string, or an unterminated one up to the end of the body: matched
+# possessively and always from its opening quote, so one pass strips them
+# all. (Requiring the closing quote made the engine scan to the end again
+# from every quote of an unterminated string: quadratic in the body.)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _BRACKET = re.compile(rb"[\[\]{}]")
 
 

@@ -260,6 +260,18 @@ def test_nesting_is_limited_whatever_the_recursion_limit():
         events.parse_body(too_deep)
 
 
+@pytest.mark.parametrize("tail", [b"", b"\\"])
+def test_an_unterminated_string_is_one_match_to_the_end(tail):
+    # Matched from its opening quote in one go: a body of escaped quotes in an
+    # unterminated string once cost a rescan to its end from every quote.
+    opened = b'"' + b'\\"' * 1000 + tail
+    body = b"[" * (events.MAX_DEPTH + 1) + opened
+
+    assert events._JSON_STRING.fullmatch(opened)
+    with pytest.raises(Rejection, match="deeper than"):
+        events.parse_body(body)
+
+
 def test_an_out_of_range_integer_of_thousands_of_digits_is_not_echoed():
     data = {
         "booking_id": "B",
