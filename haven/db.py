@@ -28,6 +28,9 @@ _UNAVAILABLE = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionFailureError,
+    # A pooled connection whose server process was killed mid-query can be
+    # handed out once more before asyncpg notices: "cannot switch to state".
+    asyncpg.InternalClientError,
     # Refused at login: no such database, no such role, a wrong password.
     asyncpg.InvalidCatalogNameError,
     asyncpg.InvalidAuthorizationSpecificationError,

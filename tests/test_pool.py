@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from haven import db
+from haven.errors import DatabaseUnavailableError
 
 
 @pytest.fixture
@@ -60,3 +62,22 @@ async def test_a_transaction_left_open_is_rolled_back_on_release(pool):
     async with pool.acquire() as connection:
         assert not connection.is_in_transaction()
         assert await connection.fetchval("SELECT count(*) FROM pool_probe") == 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.ConnectionDoesNotExistError(
+            "connection was closed in the middle of operation"
+        ),
+        # What a connection whose backend was just terminated can raise when
+        # the pool hands it out again (seen under pg_terminate_backend).
+        asyncpg.InternalClientError(
+            "cannot switch to state 12; another operation (2) is in progress"
+        ),
+    ],
+)
+async def test_a_broken_connection_means_the_database_is_unavailable(error):
+    with pytest.raises(DatabaseUnavailableError, match="PostgreSQL unavailable"):
+        async with db.translate_errors():
+            raise error
