@@ -20,6 +20,7 @@ replay.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 
 import asyncpg
@@ -77,7 +78,12 @@ class Batcher:
 
     def _start(self) -> None:
         while self._waiting and len(self._running) < self._max_running:
-            task = asyncio.create_task(self._run(self._take()))
+            # A context of its own: the batch is no one request's, and its log
+            # lines must not carry the id of the request that happened to
+            # start it (each delivery's lines bind their own).
+            task = asyncio.create_task(
+                self._run(self._take()), context=contextvars.Context()
+            )
             self._running.add(task)
             task.add_done_callback(self._finished)
 
@@ -111,7 +117,10 @@ class Batcher:
             if len(batch) == 1:
                 _fail(batch[0][1], exc)
                 return
-            logger.bind(deliveries=len(batch)).warning(
+            logger.bind(
+                deliveries=len(batch),
+                request_ids=[entry.delivery.request_id for entry, _ in batch],
+            ).warning(
                 "a batch of deliveries failed ({}); applying each on its own",
                 type(exc).__name__,
             )

@@ -389,6 +389,7 @@ async def _settle_known(
         "security alert; check the partner's sender for tampering or a bug",
         partner=delivery.partner,
         delivery_id=delivery.delivery_id,
+        request_id=delivery.request_id,
     )
     return Rejection(
         409,
@@ -401,7 +402,9 @@ def _log(effect: Effect, event: events.Event, delivery: Delivery) -> None:
     if effect.change is None:
         return
     intent = effect.intent
+    # Bound here, not taken from the context: a batch runs in no request's.
     logger.bind(
+        request_id=delivery.request_id,
         partner=delivery.partner,
         delivery_id=delivery.delivery_id,
         event_type=event.type,

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
+from loguru import logger
 
 from harness.anvil import free_port
 from harness.databases import with_port
-from haven import db, intents
+from haven import db, intents, logs
 from haven.errors import DatabaseUnavailableError
 from haven.listeners import events, intake, rules
 from haven.listeners.batcher import Batcher
@@ -155,6 +157,31 @@ async def test_a_delivery_that_fails_the_batch_fails_only_itself(pool, rule_book
         )
         == 0
     )
+
+
+async def test_each_deliverys_log_lines_carry_its_own_request_id(pool, rule_book):
+    batcher = Batcher(pool, max_running=1)
+    records: list[Any] = []
+    sink = logger.add(lambda message: records.append(message.record), level="INFO")
+
+    async def send(number: int) -> None:
+        request_id = f"req-own-{number}"
+        # As the webhook handler does: its request's id is in the context.
+        with logs.correlated(request_id):
+            await batcher.apply(
+                entry(rule_book, f"AUR-L{number}", request_id=request_id)
+            )
+
+    try:
+        await asyncio.gather(*(send(n) for n in range(6)))
+    finally:
+        logger.remove(sink)
+
+    created = [r for r in records if r["message"] == "intent created ready"]
+    by_booking = {r["extra"]["delivery_id"]: r["extra"]["request_id"] for r in created}
+    assert by_booking == {
+        f"msg_AUR-L{n}_booking.completed": f"req-own-{n}" for n in range(6)
+    }
 
 
 async def test_without_postgresql_every_waiting_delivery_is_refused_and_none_kept(
