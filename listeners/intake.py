@@ -180,11 +180,16 @@ async def _effects(
     earlier entry, goes on to the path of one event, which finds it.
     """
     candidates = [_new_intent(item) for item in entries]
-    wanted = [new.id for new in candidates if new is not None]
-    # An intent may exist already (a booking's earlier event, a re-emitted
-    # event): lock it before deciding.
+    # Every existing intent the batch may touch (a booking's earlier event, a
+    # cancellation's booking, a re-emitted event) is locked here, at once and
+    # in id order, before anything is decided: one order for every
+    # transaction, so two listeners' batches never each hold an intent the
+    # other waits for.
+    touched = {found for found in map(_touched, entries) if found is not None}
     existing = (
-        await intents.get_many(connection, wanted, for_update=True) if wanted else {}
+        await intents.get_many(connection, sorted(touched), for_update=True)
+        if touched
+        else {}
     )
     # The first entry of each free intent id creates it; a later one of the
     # same id finds it created, as it would after the first in its own
@@ -208,6 +213,17 @@ async def _effects(
             effect = await _effect(connection, item.event, item.reward, item.delivery)
             made.append(effect)
     return made
+
+
+def _touched(item: Entry) -> bytes | None:
+    """The id of the intent an entry may create or change, if any."""
+    reward, data = item.reward, item.event.data
+    if reward is None or data is None or isinstance(data, events.Stake):
+        return None
+    partner = (
+        bookings.PARTNER if isinstance(data, events.Booking) else item.event.partner
+    )
+    return intents.derive_id(partner, reward.kind, reward.source_key)
 
 
 def _new_intent(item: Entry) -> intents.NewIntent | None:

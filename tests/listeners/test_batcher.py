@@ -184,6 +184,58 @@ async def test_each_deliverys_log_lines_carry_its_own_request_id(pool, rule_book
     }
 
 
+async def test_two_listeners_moving_the_same_bookings_never_deadlock(
+    database_url, rule_book, conn
+):
+    bookings = [f"AUR-K{n:03d}" for n in range(200)]
+    pools = [await db.create_pool(database_url, max_size=4) for _ in range(2)]
+    first, second = Batcher(pools[0]), Batcher(pools[1])
+    records: list[Any] = []
+    sink = logger.add(lambda message: records.append(message.record), level="WARNING")
+    try:
+        await asyncio.gather(
+            *(
+                first.apply(entry(rule_book, b, event_type="booking.confirmed"))
+                for b in bookings
+            )
+        )
+
+        # Each listener completes half the bookings and cancels the other
+        # half, the other listener the reverse: a batch locks the intents
+        # it completes and then those it cancels, which the other's batch
+        # holds, and the other way round.
+        half = len(bookings) // 2
+
+        def moves(batcher: Batcher, completed: list[str], cancelled: list[str]):
+            kinds = [("booking.completed", completed), ("booking.cancelled", cancelled)]
+            return [
+                batcher.apply(
+                    entry(
+                        rule_book,
+                        b,
+                        event_type=kind,
+                        delivery_id=f"msg_{id(batcher)}_{b}_{kind}",
+                    )
+                )
+                for kind, chosen in kinds
+                for b in chosen
+            ]
+
+        await asyncio.gather(
+            *moves(first, bookings[:half], bookings[half:]),
+            *moves(second, bookings[half:], bookings[:half]),
+        )
+    finally:
+        logger.remove(sink)
+        for batcher, pool in zip((first, second), pools, strict=True):
+            await batcher.close()
+            await pool.close()
+
+    assert [r["message"] for r in records if "batch" in r["message"]] == []
+    statuses = await conn.fetch("SELECT DISTINCT status FROM intents")
+    assert [r["status"] for r in statuses] == ["voided"]
+
+
 async def test_without_postgresql_every_waiting_delivery_is_refused_and_none_kept(
     database_url, rule_book, conn
 ):
