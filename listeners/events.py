@@ -10,6 +10,7 @@ us about is not an error: it is stored and parked for operators.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -38,6 +39,10 @@ MAX_INTEGER_DIGITS = 4300
 # from every quote of an unterminated string: quadratic in the body.)
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _BRACKET = re.compile(rb"[\[\]{}]")
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
 
 
 class InvalidEventError(Rejection):
@@ -467,10 +472,13 @@ def _timestamp(envelope: Reader) -> datetime | None:
     text = envelope.text("timestamp", max_length=64)
     if not text:
         return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        moment = None
+    # RFC 3339 only: Python also reads ISO 8601's other spellings (basic
+    # format, a space for the T, offsets with seconds), which the contract
+    # does not promise and a partner's parser might read otherwise.
+    moment = None
+    if _RFC3339.fullmatch(text):
+        with contextlib.suppress(ValueError):
+            moment = datetime.fromisoformat(text)
     if moment is None or moment.tzinfo is None:
         envelope.fail(
             "timestamp",

@@ -192,6 +192,45 @@ def test_a_timestamp_at_the_calendar_edge_is_read_in_utc(timestamp):
     assert event.occurred_at.utcoffset() == timedelta(0)
 
 
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "20261201T100000Z",  # ISO 8601 basic format
+        "2026-12-01 10:00:00Z",  # a space for the T
+        "2026-12-01T10:00:00+00:00:01",  # an offset with seconds
+        "2026-12-01T10:00Z",  # no seconds
+        "2026-12-01T10:00:00",  # no offset
+    ],
+)
+def test_a_timestamp_that_is_not_rfc_3339_is_refused(timestamp):
+    payload = {**envelope("x.y", {}), "timestamp": timestamp}
+
+    found = problems("tribe", payload)
+
+    assert found == [
+        (
+            "timestamp",
+            "expected an RFC 3339 time with offset, e.g. 2026-12-01T10:00:00Z",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "2026-12-01T10:00:00Z",
+        "2026-12-01T10:00:00.123+05:30",
+        "2026-12-01T10:00:00-00:00",
+    ],
+)
+def test_rfc_3339_timestamps_are_read(timestamp):
+    payload = {**envelope("x.y", {}), "timestamp": timestamp}
+
+    event = events.read("tribe", payload)
+
+    assert event.occurred_at == datetime.fromisoformat(timestamp)
+
+
 def test_lone_surrogates_are_refused():
     payload = events.parse_body(
         b'{"type": "x.y", "timestamp": "2026-12-01T10:00:00Z", '
