@@ -32,6 +32,9 @@ from haven.listeners.rules import RuleBook
 from haven.listeners.signatures import SignedHeaders, Verifier
 
 MAX_BODY_BYTES = 64 * 1024
+# What aiohttp decodes before the body is read; anything else would be
+# read as it came and fail its signature with a misleading 401.
+CONTENT_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 # Every path under /webhooks/ reaches the handler, so that ``/webhooks/`` and
 # ``/webhooks/tribe/`` are answered unknown_partner and logged like any other.
 PATH = "/webhooks/{partner:.*}"
@@ -198,11 +201,17 @@ def _check_method(request: web.Request) -> None:
 
 def _check_media_type(request: web.Request) -> None:
     charset = (request.charset or "utf-8").lower()
-    if request.content_type != "application/json" or charset != "utf-8":
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if (
+        request.content_type != "application/json"
+        or charset != "utf-8"
+        or encoding not in CONTENT_ENCODINGS
+    ):
         raise Rejection(
             415,
             "unsupported_media_type",
-            "the body must be sent as application/json in UTF-8",
+            "the body must be sent as application/json in UTF-8, plain or with "
+            "Content-Encoding gzip or deflate",
         )
 
 

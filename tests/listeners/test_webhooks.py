@@ -190,6 +190,21 @@ async def test_json_in_another_charset_is_answered_415(partner):
     assert reply.status == 415
 
 
+async def test_an_encoding_the_listener_does_not_decode_is_answered_415(partner):
+    # Signed over the bytes sent: read as they came, they would pass, and a
+    # real encoding of that name would fail its signature as a puzzling 401.
+    unknown = await partner.send(
+        "aurora", ISSUE_EXAMPLE, headers={"Content-Encoding": "rot13"}
+    )
+    identity = await partner.send(
+        "aurora", ISSUE_EXAMPLE, headers={"Content-Encoding": "identity"}
+    )
+
+    assert (unknown.status, unknown.error_code) == (415, "unsupported_media_type")
+    assert "gzip or deflate" in unknown.body["error"]["message"]
+    assert identity.status == 202
+
+
 async def test_schema_errors_are_answered_422_with_every_field_path(partner):
     data = partner.booking("AUR-5", wallet="0x1234", total_paid_cents=-5, nights=2.5)
     del data["guest_id"]
