@@ -807,6 +807,14 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 # --- command line ----------------------------------------------------------
 
 
+def _output_path(text: str) -> Path:
+    # Path("") is the current directory: an empty value would be refused as
+    # one, naming a "." nobody typed.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file path, got an empty value")
+    return Path(text)
+
+
 def _when(text: str) -> datetime:
     expected = "expected an ISO 8601 date or time (2026-12-01, 2026-12-01T10:00Z)"
     try:
@@ -853,7 +861,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--output",
-        type=Path,
+        type=_output_path,
         metavar="PATH",
         help="write the report to PATH instead of standard output",
     )

@@ -693,6 +693,19 @@ async def test_the_command_refuses_bad_arguments_with_one_line_before_any_run(
     assert await runs.latest(book.pool) is None
 
 
+def test_an_empty_output_path_is_an_argument_error(capsys):
+    parser = argparse.ArgumentParser(prog="haven report")
+    reports.add_arguments(parser)
+
+    with pytest.raises(SystemExit) as caught:
+        parser.parse_args(["--output", ""])
+
+    assert caught.value.code == 2
+    assert "--output: expected a file path, got an empty value" in (
+        capsys.readouterr().err
+    )
+
+
 def test_an_offset_that_leaves_the_calendar_is_an_argument_error():
     parser = argparse.ArgumentParser(prog="haven report")
     reports.add_arguments(parser)
