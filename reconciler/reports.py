@@ -922,10 +922,11 @@ def write_whole(path: Path, text: str) -> None:
     A regular file (or a new one) is written beside itself under a
     temporary name and renamed over ``path``, so a reader, or a full disk,
     never meets half a report, and a failed write leaves the old file as it
-    was. Anything else (a terminal, a pipe, ``/dev/stdout``) is written
-    directly. Raises OSError.
+    was. Anything else (a terminal, a pipe) is written directly, and so is
+    a symbolic link, which renaming would replace: ``/dev/stdout`` is one,
+    even when the shell sent it to a file. Raises OSError.
     """
-    if path.exists() and not path.is_file():
+    if path.is_symlink() or (path.exists() and not path.is_file()):
         path.write_text(text, encoding="utf-8")
         return
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -583,6 +583,18 @@ def test_a_report_file_is_replaced_whole_or_left_as_it_was(tmp_path):
     assert output.read_text() == "the next report"
 
 
+def test_a_report_through_a_symbolic_link_leaves_the_link_in_place(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("the previous report")
+    link = tmp_path / "latest"
+    link.symlink_to(target)
+
+    reports.write_whole(link, "the next report")
+
+    assert link.is_symlink()
+    assert target.read_text() == "the next report"
+
+
 def test_a_report_to_a_pipe_is_written_into_it(tmp_path):
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
